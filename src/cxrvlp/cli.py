@@ -1,0 +1,41 @@
+"""`cxrvlp <command>`: the command line. Every command is also callable as main(argv)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cxrvlp import __version__
+from cxrvlp.synth import command as synth_command
+
+COMMANDS = {
+    "synth": synth_command,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrvlp", description="Chest X-ray vision-language pre-training (GK-MVLP, ASG)."
+    )
+    parser.add_argument("--version", action="version", version=f"cxrvlp {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        sub = subparsers.add_parser(
+            name,
+            help=module.DESCRIPTION.splitlines()[0],
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
