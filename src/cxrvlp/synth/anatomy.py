@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 
 # Lung zones: upper / mid / lower split the lung height in thirds, apical zone is its top.
-ZONE_LIMITS = {"apical": (-1.0, 0.15), "upper": (-1.0, 0.36), "mid": (0.36, 0.64), "lower": (0.64, 2.0)}
+ZONE_LIMITS = {
+    "apical": (-1.0, 0.15),
+    "upper": (-1.0, 0.36),
+    "mid": (0.36, 0.64),
+    "lower": (0.64, 2.0),
+}
 APEX_CENTER_U = 0.33
 HEART_TILT = 0.12  # v per unit u: the cardiac apex sits lower than the right heart border
 
@@ -84,6 +90,12 @@ class Anatomy:
     dome_height: float
     body_half_width: float  # soft tissue extent in u units
     clavicle_drop: float  # v offset of the clavicles (AP films project them higher)
+    mediastinal_widening: float = 0.0  # extra upper-mediastinal half-width (u units)
+
+    def mediastinum_width(self, v: np.ndarray) -> np.ndarray:
+        """Half-width of the mediastinal column at height v; widening affects its upper part."""
+        window = np.clip((v + 0.25) / 0.1, 0.0, 1.0) * np.clip((0.55 - v) / 0.1, 0.0, 1.0)
+        return self.mediastinum_half_width + self.mediastinal_widening * window
 
     @property
     def clavicle_v(self) -> float:
@@ -101,7 +113,12 @@ class Anatomy:
         right = 2.0 * self.cardiothoracic_ratio * 0.34
         top = 0.42
         bottom = 0.5 * (self.right_dome_base + self.left_dome_base) - 0.03
-        return (left - right) / 2.0, (top + bottom) / 2.0, (left + right) / 2.0, (bottom - top) / 2.0
+        return (
+            (left - right) / 2.0,
+            (top + bottom) / 2.0,
+            (left + right) / 2.0,
+            (bottom - top) / 2.0,
+        )
 
     def heart_distance(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Normalised radius of (u, v) in the sheared heart ellipse (< 1 inside)."""
@@ -146,8 +163,9 @@ class Anatomy:
         heart_right = np.where(exists, -right_border, 0.0)
         heart_left = np.where(exists, left_border, 0.0)
         knob = 0.22 * np.exp(-(((v - 0.22) / 0.07) ** 2))
-        right = np.maximum(self.mediastinum_half_width, heart_right * 0.98)
-        left = np.maximum(np.maximum(self.mediastinum_half_width + 0.02, knob), heart_left * 0.98)
+        column = self.mediastinum_width(v)
+        right = np.maximum(column, heart_right * 0.98)
+        left = np.maximum(np.maximum(column + 0.02, knob), heart_left * 0.98)
         return np.where(u < 0, right, left)
 
     def lung_mask(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -170,13 +188,16 @@ class Anatomy:
         dx = np.asarray(x) - self.center_x
         dy = np.asarray(y) - self.center_y
         cos, sin = math.cos(self.rotation), math.sin(self.rotation)
-        return (cos * dx + sin * dy) / self.half_width, (-sin * dx + cos * dy) / self.lung_height + 0.5
+        return (cos * dx + sin * dy) / self.half_width, (
+            -sin * dx + cos * dy
+        ) / self.lung_height + 0.5
 
     def canonical_box(self, u1: float, v1: float, u2: float, v2: float) -> Box:
         xs, ys = self.to_image(np.array([u1, u2, u1, u2]), np.array([v1, v1, v2, v2]))
         return Box.around(xs, ys)
 
     # ---- regions -------------------------------------------------------------------
+    @lru_cache(maxsize=512)  # noqa: B019 - anatomies are frozen; scenes ask many times
     def lung_points(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         """Canonical (u, v) samples inside one lung (side: "right" or "left")."""
         u, v = np.meshgrid(np.linspace(-1.05, 1.05, 211), np.linspace(-0.05, 1.15, 121))
@@ -192,6 +213,10 @@ class Anatomy:
 
     def region_boxes(self) -> dict[str, Box]:
         """The 29 Chest ImaGenome region boxes in image pixels, clipped to the image."""
+        return dict(self._region_boxes())
+
+    @lru_cache(maxsize=512)  # noqa: B019 - anatomies are frozen; scenes ask many times
+    def _region_boxes(self) -> tuple[tuple[str, Box], ...]:
         boxes: dict[str, Box] = {}
         heart_u1, heart_v1, heart_u2, heart_v2 = self.heart_box()
         for side in ("right", "left"):
@@ -228,7 +253,8 @@ class Anatomy:
         boxes["mediastinum"] = self.canonical_box(
             min(-mw, heart_u1), -0.1, max(mw + 0.1, heart_u2), heart_v2
         )
-        boxes["upper mediastinum"] = self.canonical_box(-mw - 0.04, -0.1, mw + 0.12, 0.40)
+        upper = mw + self.mediastinal_widening
+        boxes["upper mediastinum"] = self.canonical_box(-upper - 0.04, -0.1, upper + 0.12, 0.40)
         boxes["svc"] = self.canonical_box(-mw - 0.06, 0.10, -0.02, 0.50)
         boxes["cardiac silhouette"] = self.canonical_box(heart_u1, heart_v1, heart_u2, heart_v2)
         boxes["cavoatrial junction"] = self.canonical_box(-mw - 0.08, 0.46, -0.02, 0.60)
@@ -236,14 +262,18 @@ class Anatomy:
         boxes["carina"] = self.canonical_box(-0.07, 0.27, 0.07, 0.42)
         abdomen_top = min(self.right_dome_base, self.left_dome_base) - self.dome_height
         boxes["abdomen"] = self.canonical_box(-1.0, abdomen_top + 0.05, 1.0, abdomen_top + 0.5)
-        return {name: boxes[name].clip(self.width, self.height) for name in CHEST_IMAGENOME_REGIONS}
+        return tuple(
+            (name, boxes[name].clip(self.width, self.height)) for name in CHEST_IMAGENOME_REGIONS
+        )
 
     def _side_box(self, sign: float, u_in: float, u_out: float, v1: float, v2: float) -> Box:
         us = sorted((sign * u_in, sign * u_out))
         return self.canonical_box(us[0], v1, us[1], v2)
 
 
-def sample_anatomy(rng: np.random.Generator, width: int, height: int, view: str, sex: str) -> Anatomy:
+def sample_anatomy(
+    rng: np.random.Generator, width: int, height: int, view: str, sex: str
+) -> Anatomy:
     """A plausible adult anatomy: size, inspiration, rotation and shift all vary."""
     portable = view == "AP"
     half_width = width * rng.uniform(0.33, 0.41) * (0.95 if sex == "F" else 1.0)

@@ -75,9 +75,7 @@ def lesion_sizes() -> dict[str, dict]:
 SEVERITY_AREA_QUANTILES = {"small": (0.03, 0.35), "moderate": (0.35, 0.7), "large": (0.7, 0.97)}
 
 
-def sample_lesion_size(
-    rng: np.random.Generator, lesion: str, severity: str
-) -> tuple[float, float]:
+def sample_lesion_size(rng: np.random.Generator, lesion: str, severity: str) -> tuple[float, float]:
     """(width, height) as fractions of the image width, from the real distribution's band."""
     from scipy.stats import norm
 

@@ -36,12 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="render processes"
     )
-    parser.add_argument("--omit-fraction", type=float, default=ReportNoise.omit_fraction,
-                        help="share of present findings the reports leave out")
-    parser.add_argument("--hedge-fraction", type=float, default=ReportNoise.hedge_fraction,
-                        help="share of present findings the reports hedge")
-    parser.add_argument("--preview", action="store_true",
-                        help="write preview.png and preview_regions.png contact sheets")
+    parser.add_argument(
+        "--omit-fraction",
+        type=float,
+        default=ReportNoise.omit_fraction,
+        help="share of present findings the reports leave out",
+    )
+    parser.add_argument(
+        "--hedge-fraction",
+        type=float,
+        default=ReportNoise.hedge_fraction,
+        help="share of present findings the reports hedge",
+    )
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="write preview.png and preview_regions.png contact sheets",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -78,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.preview and sample:
         sheet = contact_sheet(sample[:12], args.out / "preview.png")
-        regions = contact_sheet(sample[:4], args.out / "preview_regions.png", columns=2, regions=True)
+        regions = contact_sheet(
+            sample[:4], args.out / "preview_regions.png", columns=2, regions=True
+        )
         print(f"preview: {sheet} and {regions}")
     return 0

@@ -41,8 +41,12 @@ def _tile(study: RenderedStudy, regions: bool) -> Image.Image:
     if regions:
         for index, (name, box) in enumerate(study.scene.region_boxes().items()):
             rect(box, _region_colour(index))
-            draw.text((offset_x + box.x1 * scale + 2, box.y1 * scale + 1), name[:14], font=font,
-                      fill=_region_colour(index))
+            draw.text(
+                (offset_x + box.x1 * scale + 2, box.y1 * scale + 1),
+                name[:14],
+                font=font,
+                fill=_region_colour(index),
+            )
     for finding in study.scene.findings:
         colour = DEVICE_COLOUR if finding.is_device else FINDING_COLOUR
         for box in finding.boxes:
@@ -59,7 +63,9 @@ def _tile(study: RenderedStudy, regions: bool) -> Image.Image:
     return canvas
 
 
-def contact_sheet(studies: list[RenderedStudy], path: Path, columns: int = 4, regions: bool = False) -> Path:
+def contact_sheet(
+    studies: list[RenderedStudy], path: Path, columns: int = 4, regions: bool = False
+) -> Path:
     """Write a grid of tiles: finding boxes (red: findings, blue: devices), optionally regions."""
     tiles = [_tile(study, regions) for study in studies]
     rows = (len(tiles) + columns - 1) // columns

@@ -20,7 +20,12 @@ from cxrvlp.synth.scene import SEVERITY_CONTRAST, Finding, Scene, rib_v
 
 POSTERIOR_RIBS = range(1, 12)
 # Peak attenuation each diffuse finding adds at full severity (before SEVERITY_CONTRAST).
-AIRSPACE_DENSITY = {"consolidation": 0.3, "pneumonia": 0.28, "lung opacity": 0.17, "atelectasis": 0.24}
+AIRSPACE_DENSITY = {
+    "consolidation": 0.3,
+    "pneumonia": 0.28,
+    "lung opacity": 0.17,
+    "atelectasis": 0.24,
+}
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -56,13 +61,16 @@ class _Layers:
         x, y = self.anatomy.to_image(np.atleast_1d(u), np.atleast_1d(v))
         return list(zip(x.tolist(), y.tolist(), strict=True))
 
-    def line(self, u, v, width_v: float, value: float, draw: ImageDraw.ImageDraw | None = None) -> None:
+    def line(
+        self, u, v, width_v: float, value: float, draw: ImageDraw.ImageDraw | None = None
+    ) -> None:
         """A polyline through canonical points, width given in v units."""
         width = max(1, round(width_v * self.anatomy.lung_height))
-        (draw or self.draw).line(self.px(u, v), fill=float(value), width=width, joint="curve")
+        (draw or self.draw).line(self.px(u, v), fill=float(value), width=width)
 
 
 # ---- normal anatomy -----------------------------------------------------------------------
+
 
 def _body(layers: _Layers) -> np.ndarray:
     """Soft tissue: neck, shoulders, chest wall, abdomen; arms and humeral heads at the edges."""
@@ -97,7 +105,7 @@ def _mediastinum(layers: _Layers) -> np.ndarray:
     """Heart, great vessels and the mediastinal column over the body; the abdomen below."""
     a, u, v = layers.anatomy, layers.u, layers.v
     heart = _soft_inside(1.0 - a.heart_distance(u, v), 0.04)
-    column = _soft_inside(a.mediastinum_half_width + 0.02 - np.abs(u - 0.02), 0.03)
+    column = _soft_inside(a.mediastinum_width(v) + 0.02 - np.abs(u - 0.02), 0.03)
     column = column * _soft_inside(0.8 - v, 0.1) * (0.5 + 0.5 * _soft_inside(v + 0.1, 0.15))
     knob = _soft_inside(0.08 - np.hypot(u - 0.14, (v - 0.22) * 0.8), 0.02)
     # The liver and spleen under the domes, fading out lateral to the costophrenic angles.
@@ -124,14 +132,20 @@ def _draw_ribs(layers: _Layers, fractures: list[Finding]) -> None:
                 contrast = SEVERITY_CONTRAST[fracture.severity]
                 step = fracture.shape["step"] * (0.5 + 2.5 * contrast)
                 inner, outer = au < cut - 0.012, au > cut + 0.012 * (1 + contrast)
+                displaced = rv + step * _fragment_taper(au, cut)
                 _rib_segment(layers, side_sign * au[inner], rv[inner], rib_width)
-                _rib_segment(layers, side_sign * au[outer], rv[outer] + step, rib_width)
+                _rib_segment(layers, side_sign * au[outer], displaced[outer], rib_width)
             # The anterior rib: from the lateral wall, fainter, running down and medially.
             if rib <= 7:
                 lateral = float(rib_v(a, rib, np.array(1.1)))
                 ant_u = np.linspace(1.1, 0.36, 24)
                 ant_v = lateral + 0.3 * ((1.1 - ant_u) / 0.74) ** 1.2
                 layers.line(side_sign * ant_u, ant_v, rib_width * 1.15, 0.035)
+
+
+def _fragment_taper(absolute_u: np.ndarray, cut: float) -> np.ndarray:
+    """A displaced fragment is offset at the break and realigns within a short distance."""
+    return np.clip(1.0 - (absolute_u - cut) / 0.06, 0.0, 1.0)
 
 
 def _rib_segment(layers: _Layers, u: np.ndarray, v: np.ndarray, width: float) -> None:
@@ -157,19 +171,26 @@ def _draw_clavicles(layers: _Layers, fractures: list[Finding]) -> None:
         contrast = SEVERITY_CONTRAST[fracture.severity]
         inner, outer = au < cut - 0.01, au > cut + 0.01 * (1 + 2 * contrast)
         layers.line(side_sign * au[inner], cv[inner], 0.055, 0.16)
-        shifted = cv[outer] + fracture.shape["step"] * 3 * contrast
+        shifted = cv[outer] + fracture.shape["step"] * 3 * contrast * _fragment_taper(
+            au[outer], cut
+        )
         layers.line(side_sign * au[outer], shifted, 0.055, 0.16)
 
 
 def _draw_spine_and_airways(layers: _Layers) -> None:
     a = layers.anatomy
     for level in np.arange(-0.45, 1.35, 0.095):
-        corners = layers.px(np.array([-0.075, 0.075, 0.075, -0.075]), np.array([level, level, level + 0.075, level + 0.075]))
+        corners = layers.px(
+            np.array([-0.075, 0.075, 0.075, -0.075]),
+            np.array([level, level, level + 0.075, level + 0.075]),
+        )
         layers.draw.polygon(corners, fill=0.07)
         for pedicle in (-0.055, 0.055):
-            (x, y), = layers.px(pedicle, level + 0.03)
+            ((x, y),) = layers.px(pedicle, level + 0.03)
             r = 0.012 * a.half_width
-            layers.draw.ellipse([x - r, y - 1.4 * r, x + r, y + 1.4 * r], outline=0.08, width=max(1, round(r / 3)))
+            layers.draw.ellipse(
+                [x - r, y - 1.4 * r, x + r, y + 1.4 * r], outline=0.08, width=max(1, round(r / 3))
+            )
     # Trachea and main bronchi are air columns: darker than the mediastinum around them.
     layers.line(np.array([0.0, 0.0, 0.005]), np.array([-0.7, 0.1, 0.35]), 0.05, -0.12)
     layers.line(np.array([0.005, -0.14, -0.24]), np.array([0.35, 0.42, 0.5]), 0.03, -0.08)
@@ -203,10 +224,21 @@ def _branch(layers, rng, u, v, side_sign, angle, width, length, depth) -> None:
         for _ in range(2):
             i = int(rng.integers(2, steps))
             turn = rng.normal(0.0, 0.6)
-            _branch(layers, rng, us[i], vs[i], side_sign, angle + turn, width * 0.6, length * 0.55, depth + 1)
+            _branch(
+                layers,
+                rng,
+                us[i],
+                vs[i],
+                side_sign,
+                angle + turn,
+                width * 0.6,
+                length * 0.55,
+                depth + 1,
+            )
 
 
 # ---- findings ------------------------------------------------------------------------------
+
 
 def _texture(layers: _Layers, seed: int, scale: float) -> np.ndarray:
     """Patchy band-limited noise in [0, 1], stable for a given seed."""
@@ -230,7 +262,9 @@ def _side_lung(layers: _Layers, side: str) -> np.ndarray:
     return gaussian_filter(mask.astype(np.float32), 1.0)
 
 
-def _findings_smooth(layers: _Layers, scene: Scene, lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _findings_smooth(
+    layers: _Layers, scene: Scene, lungs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Attenuation added by diffuse findings, and how much lung markings stay visible."""
     a = layers.anatomy
     added = np.zeros_like(layers.u)
@@ -247,9 +281,12 @@ def _findings_smooth(layers: _Layers, scene: Scene, lungs: np.ndarray) -> tuple[
         elif finding.name in ("nodule", "mass"):
             for lesion in finding.shape["lesions"]:
                 profile = _lesion_profile(layers, lesion, 0.12 if finding.name == "nodule" else 0.2)
-                added += (0.22 if finding.name == "nodule" else 0.3) * contrast * np.sqrt(profile)
+                profile = np.sqrt(profile) * _side_lung(layers, lesion["side"])
+                added += (0.22 if finding.name == "nodule" else 0.3) * contrast * profile
         elif finding.name == "pleural effusion":
-            for side in ("right", "left") if finding.laterality == "bilateral" else (finding.laterality,):
+            for side in (
+                ("right", "left") if finding.laterality == "bilateral" else (finding.laterality,)
+            ):
                 sign = -1.0 if side == "right" else 1.0
                 floor = float(a.dome(np.array(sign * 0.97)))
                 level = floor - finding.shape["height"] * (0.55 + 0.45 * np.abs(layers.u))
@@ -290,7 +327,9 @@ def _draw_pleural_line(layers: _Layers, finding: Finding) -> None:
     top_u = np.linspace(0.16, float(u[0]), 12)
     top_v = a.apex(top_u) + depth
     contrast = SEVERITY_CONTRAST[finding.severity]
-    layers.line(sign * np.concatenate([top_u, u]), np.concatenate([top_v, v]), 0.006, 0.2 * contrast)
+    layers.line(
+        sign * np.concatenate([top_u, u]), np.concatenate([top_v, v]), 0.006, 0.2 * contrast
+    )
 
 
 def _draw_devices(layers: _Layers, scene: Scene) -> None:
@@ -304,18 +343,29 @@ def _draw_devices(layers: _Layers, scene: Scene) -> None:
             layers.line(np.full_like(v, -0.012), v, 0.006, 0.25)
         elif finding.name == "enteric tube":
             v = np.linspace(-0.75, s["tip_v"], 40)
-            u = 0.03 + 0.04 * np.sin(v * 3.0) + np.clip(v - a.left_dome_base + 0.05, 0, None) * (s["tip_u"] / 0.25)
+            u = (
+                0.03
+                + 0.04 * np.sin(v * 3.0)
+                + np.clip(v - a.left_dome_base + 0.05, 0, None) * (s["tip_u"] / 0.25)
+            )
             layers.line(u, v, 0.008, 0.22)
         elif finding.name == "central venous catheter":
             entry, tip_v = s["entry_u"], s["tip_v"]
             u = np.concatenate([np.linspace(entry, -0.1, 12), np.full(10, -0.09)])
-            v = np.concatenate([np.linspace(-0.45 if abs(entry) < 0.3 else -0.05, 0.08, 12), np.linspace(0.1, tip_v, 10)])
+            v = np.concatenate(
+                [
+                    np.linspace(-0.45 if abs(entry) < 0.3 else -0.05, 0.08, 12),
+                    np.linspace(0.1, tip_v, 10),
+                ]
+            )
             layers.line(u, v, 0.007, 0.2)
         elif finding.name == "pacemaker":
             gu, gv = s["generator_u"], s["generator_v"]
-            (x, y), = layers.px(gu, gv)
+            ((x, y),) = layers.px(gu, gv)
             rx, ry = 0.09 * a.half_width, 0.06 * a.lung_height
-            layers.draw.rounded_rectangle([x - rx, y - ry, x + rx, y + ry], radius=rx * 0.5, fill=1.5)
+            layers.draw.rounded_rectangle(
+                [x - rx, y - ry, x + rx, y + ry], radius=rx * 0.5, fill=1.5
+            )
             uc, vc, ha, _ = a.heart_ellipse()
             for end_u, end_v in ((uc - 0.55 * ha, 0.62), (uc + 0.2 * ha, vc + 0.15)):
                 lead_u = np.array([gu, gu * 0.5, -0.1, -0.1, end_u])
@@ -324,6 +374,7 @@ def _draw_devices(layers: _Layers, scene: Scene) -> None:
 
 
 # ---- composition ---------------------------------------------------------------------------
+
 
 def _upsample(layer: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(layer).resize((width, height), Image.BILINEAR))
@@ -356,12 +407,16 @@ def render_frontal(scene: Scene, rng: np.random.Generator, markers: bool = True)
     return _expose(attenuation, rng, a, markers)
 
 
-def _expose(attenuation: np.ndarray, rng: np.random.Generator, anatomy: Anatomy | None, markers: bool) -> np.ndarray:
+def _expose(
+    attenuation: np.ndarray, rng: np.random.Generator, anatomy: Anatomy | None, markers: bool
+) -> np.ndarray:
     exposure = rng.uniform(1.6, 2.3)
     image = 1.0 - np.exp(-exposure * np.clip(attenuation, 0.0, None))
     image = gaussian_filter(image.astype(np.float32), rng.uniform(0.5, 1.0))
     # Quantum noise grows with the signal; a little fine-grain detector noise on top.
-    image = image + rng.normal(0.0, 1.0, image.shape).astype(np.float32) * (0.012 + 0.02 * np.sqrt(image))
+    image = image + rng.normal(0.0, 1.0, image.shape).astype(np.float32) * (
+        0.012 + 0.02 * np.sqrt(image)
+    )
     gamma = rng.uniform(0.85, 1.2)
     image = np.clip(image, 0.0, 1.0) ** gamma
     if markers:
@@ -369,7 +424,9 @@ def _expose(attenuation: np.ndarray, rng: np.random.Generator, anatomy: Anatomy 
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def _burn_in_markers(image: np.ndarray, rng: np.random.Generator, anatomy: Anatomy | None) -> np.ndarray:
+def _burn_in_markers(
+    image: np.ndarray, rng: np.random.Generator, anatomy: Anatomy | None
+) -> np.ndarray:
     """Side marker and technologist text, burned into the pixels as on real films."""
     height, width = image.shape
     canvas = Image.fromarray((image * 255).astype(np.uint8))
@@ -382,7 +439,12 @@ def _burn_in_markers(image: np.ndarray, rng: np.random.Generator, anatomy: Anato
     draw.text((x, y), "R" if left_side else "L", fill=250, font=font)
     if anatomy is not None and anatomy.view == "AP":
         label = ["PORTABLE", "AP UPRIGHT", "SEMI-ERECT", "SUPINE"][int(rng.integers(4))]
-        draw.text((width * 0.6, height * 0.03), label, fill=235, font=ImageFont.load_default(max(8, size * 2 // 3)))
+        draw.text(
+            (width * 0.6, height * 0.03),
+            label,
+            fill=235,
+            font=ImageFont.load_default(max(8, size * 2 // 3)),
+        )
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
@@ -431,12 +493,19 @@ def render_lateral(scene: Scene, rng: np.random.Generator, markers: bool = True)
     body_height = 0.075 * a.lung_height
     for level in np.arange(-0.35, 1.35, 0.095):
         top = a.center_y + (level - 0.5) * a.lung_height
-        draw.rectangle([spine_x - 0.09 * a.half_width, top, spine_x + 0.09 * a.half_width, top + body_height], fill=0.12)
-    sternum = [(front + 0.03 * (back - front), a.center_y - 0.45 * a.lung_height),
-               (front + 0.06 * (back - front), a.center_y + 0.25 * a.lung_height)]
+        draw.rectangle(
+            [spine_x - 0.09 * a.half_width, top, spine_x + 0.09 * a.half_width, top + body_height],
+            fill=0.12,
+        )
+    sternum = [
+        (front + 0.03 * (back - front), a.center_y - 0.45 * a.lung_height),
+        (front + 0.06 * (back - front), a.center_y + 0.25 * a.lung_height),
+    ]
     draw.line(sternum, fill=0.12, width=max(2, width // 60))
-    trachea = [(front + 0.45 * (back - front), a.center_y - 0.9 * a.lung_height),
-               (front + 0.52 * (back - front), a.center_y - 0.1 * a.lung_height)]
+    trachea = [
+        (front + 0.45 * (back - front), a.center_y - 0.9 * a.lung_height),
+        (front + 0.52 * (back - front), a.center_y - 0.1 * a.lung_height),
+    ]
     draw.line(trachea, fill=-0.05, width=max(3, round(0.06 * a.lung_height)))
     fine_layer = gaussian_filter(np.asarray(fine), 2.0)
     return _expose(attenuation + fine_layer, rng, None, markers)

@@ -36,38 +36,182 @@ class FindingType:
 FINDING_TYPES: dict[str, FindingType] = {
     t.name: t
     for t in (
-        FindingType("pleural effusion", "anatomicalfinding", "pleural effusion", ("Pleural Effusion",),
-                    "Effusion", "Effusion", False, 0.16, {"right": 0.35, "left": 0.35, "bilateral": 0.3}),
-        FindingType("consolidation", "anatomicalfinding", "consolidation", ("Consolidation", "Lung Opacity"),
-                    "Consolidation", None, True, 0.06, {"right": 0.5, "left": 0.5}),
-        FindingType("pneumonia", "disease", "pneumonia", ("Pneumonia", "Lung Opacity"),
-                    "Pneumonia", "Pneumonia", True, 0.07, {"right": 0.42, "left": 0.42, "bilateral": 0.16}),
-        FindingType("lung opacity", "anatomicalfinding", "lung opacity", ("Lung Opacity",),
-                    "Infiltration", "Infiltrate", True, 0.10, {"right": 0.42, "left": 0.42, "bilateral": 0.16}),
-        FindingType("atelectasis", "anatomicalfinding", "atelectasis", ("Atelectasis",),
-                    "Atelectasis", "Atelectasis", False, 0.12, {"right": 0.3, "left": 0.4, "bilateral": 0.3}),
-        FindingType("pulmonary edema", "disease", "pulmonary edema/hazy opacity", ("Edema",),
-                    "Edema", None, False, 0.07, {"bilateral": 1.0}),
-        FindingType("pneumothorax", "anatomicalfinding", "pneumothorax", ("Pneumothorax",),
-                    "Pneumothorax", "Pneumothorax", False, 0.05, {"right": 0.5, "left": 0.5}),
-        FindingType("cardiomegaly", "anatomicalfinding", "enlarged cardiac silhouette", ("Cardiomegaly",),
-                    "Cardiomegaly", "Cardiomegaly", False, 0.10, {"none": 1.0}),
-        FindingType("enlarged cardiomediastinum", "anatomicalfinding", "mediastinal widening",
-                    ("Enlarged Cardiomediastinum",), None, None, False, 0.04, {"none": 1.0}),
-        FindingType("nodule", "anatomicalfinding", "lung lesion", ("Lung Lesion",),
-                    "Nodule", "Nodule", False, 0.05, {"right": 0.5, "left": 0.5}),
-        FindingType("mass", "anatomicalfinding", "lung lesion", ("Lung Lesion",),
-                    "Mass", "Mass", False, 0.03, {"right": 0.5, "left": 0.5}),
-        FindingType("fracture", "anatomicalfinding", "rib fracture", ("Fracture",),
-                    None, None, False, 0.04, {"right": 0.5, "left": 0.5}),
-        FindingType("endotracheal tube", "tubesandlines", "endotracheal tube", ("Support Devices",),
-                    None, None, False, 0.05, {"none": 1.0}),
-        FindingType("enteric tube", "tubesandlines", "enteric tube", ("Support Devices",),
-                    None, None, False, 0.04, {"none": 1.0}),
-        FindingType("central venous catheter", "tubesandlines", "ij line", ("Support Devices",),
-                    None, None, False, 0.06, {"right": 0.75, "left": 0.25}),
-        FindingType("pacemaker", "device", "cardiac pacer and wires", ("Support Devices",),
-                    None, None, False, 0.04, {"left": 0.85, "right": 0.15}),
+        FindingType(
+            "pleural effusion",
+            "anatomicalfinding",
+            "pleural effusion",
+            ("Pleural Effusion",),
+            "Effusion",
+            "Effusion",
+            False,
+            0.16,
+            {"right": 0.35, "left": 0.35, "bilateral": 0.3},
+        ),
+        FindingType(
+            "consolidation",
+            "anatomicalfinding",
+            "consolidation",
+            ("Consolidation", "Lung Opacity"),
+            "Consolidation",
+            None,
+            True,
+            0.06,
+            {"right": 0.5, "left": 0.5},
+        ),
+        FindingType(
+            "pneumonia",
+            "disease",
+            "pneumonia",
+            ("Pneumonia", "Lung Opacity"),
+            "Pneumonia",
+            "Pneumonia",
+            True,
+            0.07,
+            {"right": 0.42, "left": 0.42, "bilateral": 0.16},
+        ),
+        FindingType(
+            "lung opacity",
+            "anatomicalfinding",
+            "lung opacity",
+            ("Lung Opacity",),
+            "Infiltration",
+            "Infiltrate",
+            True,
+            0.10,
+            {"right": 0.42, "left": 0.42, "bilateral": 0.16},
+        ),
+        FindingType(
+            "atelectasis",
+            "anatomicalfinding",
+            "atelectasis",
+            ("Atelectasis",),
+            "Atelectasis",
+            "Atelectasis",
+            False,
+            0.12,
+            {"right": 0.3, "left": 0.4, "bilateral": 0.3},
+        ),
+        FindingType(
+            "pulmonary edema",
+            "disease",
+            "pulmonary edema/hazy opacity",
+            ("Edema",),
+            "Edema",
+            None,
+            False,
+            0.07,
+            {"bilateral": 1.0},
+        ),
+        FindingType(
+            "pneumothorax",
+            "anatomicalfinding",
+            "pneumothorax",
+            ("Pneumothorax",),
+            "Pneumothorax",
+            "Pneumothorax",
+            False,
+            0.05,
+            {"right": 0.5, "left": 0.5},
+        ),
+        FindingType(
+            "cardiomegaly",
+            "anatomicalfinding",
+            "enlarged cardiac silhouette",
+            ("Cardiomegaly",),
+            "Cardiomegaly",
+            "Cardiomegaly",
+            False,
+            0.10,
+            {"none": 1.0},
+        ),
+        FindingType(
+            "enlarged cardiomediastinum",
+            "anatomicalfinding",
+            "mediastinal widening",
+            ("Enlarged Cardiomediastinum",),
+            None,
+            None,
+            False,
+            0.04,
+            {"none": 1.0},
+        ),
+        FindingType(
+            "nodule",
+            "anatomicalfinding",
+            "lung lesion",
+            ("Lung Lesion",),
+            "Nodule",
+            "Nodule",
+            False,
+            0.05,
+            {"right": 0.5, "left": 0.5},
+        ),
+        FindingType(
+            "mass",
+            "anatomicalfinding",
+            "lung lesion",
+            ("Lung Lesion",),
+            "Mass",
+            "Mass",
+            False,
+            0.03,
+            {"right": 0.5, "left": 0.5},
+        ),
+        FindingType(
+            "fracture",
+            "anatomicalfinding",
+            "rib fracture",
+            ("Fracture",),
+            None,
+            None,
+            False,
+            0.04,
+            {"right": 0.5, "left": 0.5},
+        ),
+        FindingType(
+            "endotracheal tube",
+            "tubesandlines",
+            "endotracheal tube",
+            ("Support Devices",),
+            None,
+            None,
+            False,
+            0.05,
+            {"none": 1.0},
+        ),
+        FindingType(
+            "enteric tube",
+            "tubesandlines",
+            "enteric tube",
+            ("Support Devices",),
+            None,
+            None,
+            False,
+            0.04,
+            {"none": 1.0},
+        ),
+        FindingType(
+            "central venous catheter",
+            "tubesandlines",
+            "ij line",
+            ("Support Devices",),
+            None,
+            None,
+            False,
+            0.06,
+            {"right": 0.75, "left": 0.25},
+        ),
+        FindingType(
+            "pacemaker",
+            "device",
+            "cardiac pacer and wires",
+            ("Support Devices",),
+            None,
+            None,
+            False,
+            0.04,
+            {"left": 0.85, "right": 0.15},
+        ),
     )
 }
 DEVICE_NAMES = ("endotracheal tube", "enteric tube", "central venous catheter", "pacemaker")
@@ -118,7 +262,7 @@ class Scene:
             if finding.name == "cardiomegaly":
                 changes["cardiothoracic_ratio"] = finding.shape["cardiothoracic_ratio"]
             elif finding.name == "enlarged cardiomediastinum":
-                changes["mediastinum_half_width"] = finding.shape["mediastinum_half_width"]
+                changes["mediastinal_widening"] = finding.shape["mediastinal_widening"]
         return replace(self.base_anatomy, **changes) if changes else self.base_anatomy
 
     @property
@@ -136,6 +280,7 @@ class Scene:
 
 
 # ---- placement of each kind of finding ---------------------------------------------------
+
 
 def _sides(laterality: str) -> tuple[str, ...]:
     return ("right", "left") if laterality == "bilateral" else (laterality,)
@@ -156,7 +301,11 @@ def _regions_overlapping(anatomy: Anatomy, box: Box, side: str, boxes: dict[str,
 
 
 def _lesion_in_zone(
-    rng: np.random.Generator, anatomy: Anatomy, side: str, zone: str, width_fraction: float,
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    side: str,
+    zone: str,
+    width_fraction: float,
     height_fraction: float,
 ) -> tuple[dict, Box]:
     """Centre a lesion of the given size on a random lung point of the zone."""
@@ -171,8 +320,10 @@ def _lesion_in_zone(
     lung_box = Box.around(*anatomy.to_image(*anatomy.lung_points(side)))
     box = anatomy.canonical_box(u - radius_u, v - radius_v, u + radius_u, v + radius_v)
     clipped = Box(
-        max(box.x1, lung_box.x1), max(box.y1, lung_box.y1),
-        min(box.x2, lung_box.x2), min(box.y2, lung_box.y2),
+        max(box.x1, lung_box.x1),
+        max(box.y1, lung_box.y1),
+        min(box.x2, lung_box.x2),
+        min(box.y2, lung_box.y2),
     )
     return {"u": u, "v": v, "radius_u": radius_u, "radius_v": radius_v}, clipped
 
@@ -239,10 +390,16 @@ def _place_effusion(rng, anatomy, laterality, severity, boxes):
 
 
 def _place_pneumothorax(rng, anatomy, side, severity, boxes):
-    depth = float(rng.uniform(*{"small": (0.05, 0.09), "moderate": (0.12, 0.2), "large": (0.28, 0.4)}[severity]))
+    depth = float(
+        rng.uniform(
+            *{"small": (0.05, 0.09), "moderate": (0.12, 0.2), "large": (0.28, 0.4)}[severity]
+        )
+    )
     extent = {"small": 0.38, "moderate": 0.62, "large": 0.95}[severity]
     us, vs = anatomy.lung_points(side)
-    rim = (np.abs(us) >= anatomy.lateral_edge(vs) - depth - 0.03) | (vs <= anatomy.apex(np.abs(us)) + depth)
+    rim = (np.abs(us) >= anatomy.lateral_edge(vs) - depth - 0.03) | (
+        vs <= anatomy.apex(np.abs(us)) + depth
+    )
     keep = rim & (vs <= extent)
     box = Box.around(*anatomy.to_image(us[keep], vs[keep]))
     regions = [f"{side} apical zone", f"{side} upper lung zone"]
@@ -265,10 +422,20 @@ def _place_fracture(rng, anatomy, side, boxes):
         u = _sign(side) * float(rng.uniform(0.6, 0.85))
         v = float(rib_v(anatomy, rib, np.array(abs(u))))
         target = "rib"
-        zone = "upper" if v < ZONE_LIMITS["mid"][0] else "mid" if v < ZONE_LIMITS["lower"][0] else "lower"
+        zone = (
+            "upper"
+            if v < ZONE_LIMITS["mid"][0]
+            else "mid"
+            if v < ZONE_LIMITS["lower"][0]
+            else "lower"
+        )
         region = f"{side} {ZONE_REGION[zone]}"
     box = anatomy.canonical_box(u - 0.07, v - 0.05, u + 0.07, v + 0.05)
-    return {"target": target, "rib": rib, "u": u, "v": v, "step": float(rng.uniform(0.004, 0.012))}, [box], [region]
+    return (
+        {"target": target, "rib": rib, "u": u, "v": v, "step": float(rng.uniform(0.004, 0.012))},
+        [box],
+        [region],
+    )
 
 
 def rib_v(anatomy: Anatomy, rib: int, absolute_u: np.ndarray) -> np.ndarray:
@@ -296,10 +463,16 @@ def _place_device(rng, anatomy, name, laterality, boxes):
         return shape, [box], ["abdomen"]
     if name == "central venous catheter":
         tip_region = "cavoatrial junction" if rng.random() < 0.45 else "svc"
-        tip_v = float(rng.uniform(0.48, 0.56) if tip_region == "cavoatrial junction" else rng.uniform(0.24, 0.42))
+        tip_v = float(
+            rng.uniform(0.48, 0.56)
+            if tip_region == "cavoatrial junction"
+            else rng.uniform(0.24, 0.42)
+        )
         entry_u = _sign(laterality) * (0.2 if rng.random() < 0.7 else 0.55)
         shape = {"entry_u": entry_u, "tip_u": -0.08, "tip_v": tip_v}
-        box = anatomy.canonical_box(min(entry_u, -0.1) - 0.03, -0.6, max(entry_u, -0.06) + 0.03, tip_v + 0.02)
+        box = anatomy.canonical_box(
+            min(entry_u, -0.1) - 0.03, -0.6, max(entry_u, -0.06) + 0.03, tip_v + 0.02
+        )
         return shape, [box], [tip_region]
     # Pacemaker: generator over the upper chest, leads to the right atrium and ventricle.
     gen_u = _sign(laterality) * float(rng.uniform(0.55, 0.8))
@@ -319,33 +492,48 @@ def place_finding(
     laterality = sides[rng.choice(len(sides), p=probs / probs.sum())]
     severity = None if name in DEVICE_NAMES else SEVERITIES[rng.choice(3, p=[0.4, 0.35, 0.25])]
     if name in LESION_ZONES:
-        shape, lesion_boxes, regions = _place_lesion(rng, anatomy, name, laterality, severity, boxes)
+        shape, lesion_boxes, regions = _place_lesion(
+            rng, anatomy, name, laterality, severity, boxes
+        )
     elif name == "pleural effusion":
         shape, lesion_boxes, regions = _place_effusion(rng, anatomy, laterality, severity, boxes)
     elif name == "pneumothorax":
-        shape, lesion_boxes, regions = _place_pneumothorax(rng, anatomy, laterality, severity, boxes)
+        shape, lesion_boxes, regions = _place_pneumothorax(
+            rng, anatomy, laterality, severity, boxes
+        )
     elif name == "fracture":
         shape, lesion_boxes, regions = _place_fracture(rng, anatomy, laterality, boxes)
     elif name == "pulmonary edema":
         shape = {"texture_seed": int(rng.integers(2**31))}
-        lesion_boxes = [boxes["right hilar structures"], boxes["left hilar structures"]]
-        lesion_boxes = [
-            Box(min(h.x1, m.x1), min(h.y1, m.y1), max(h.x2, m.x2), max(h.y2, m.y2))
-            for h, m in zip(lesion_boxes, (boxes["right mid lung zone"], boxes["left mid lung zone"]), strict=True)
+        # A diffuse process: it hazes both lungs, densest around the hila.
+        lesion_boxes = [boxes["right lung"], boxes["left lung"]]
+        regions = [
+            f"{s} {r}" for s in ("right", "left") for r in ("hilar structures", "mid lung zone")
         ]
-        regions = [f"{s} {r}" for s in ("right", "left") for r in ("hilar structures", "mid lung zone")]
         if severity == "large":
             regions += ["right lower lung zone", "left lower lung zone"]
     elif name == "cardiomegaly":
-        ratio = float(rng.uniform(*{"small": (0.54, 0.57), "moderate": (0.57, 0.61), "large": (0.61, 0.67)}[severity]))
+        ratio = float(
+            rng.uniform(
+                *{"small": (0.54, 0.57), "moderate": (0.57, 0.61), "large": (0.61, 0.67)}[severity]
+            )
+        )
         shape = {"cardiothoracic_ratio": ratio}
         enlarged = replace(anatomy, cardiothoracic_ratio=ratio)
-        lesion_boxes, regions = [enlarged.region_boxes()["cardiac silhouette"]], ["cardiac silhouette"]
+        lesion_boxes, regions = (
+            [enlarged.region_boxes()["cardiac silhouette"]],
+            ["cardiac silhouette"],
+        )
     elif name == "enlarged cardiomediastinum":
-        half_width = float(rng.uniform(*{"small": (0.21, 0.24), "moderate": (0.24, 0.28), "large": (0.28, 0.33)}[severity]))
-        shape = {"mediastinum_half_width": half_width}
-        widened = replace(anatomy, mediastinum_half_width=half_width)
-        lesion_boxes, regions = [widened.region_boxes()["upper mediastinum"]], ["upper mediastinum", "mediastinum"]
+        widening = float(
+            rng.uniform(
+                *{"small": (0.06, 0.08), "moderate": (0.09, 0.12), "large": (0.13, 0.17)}[severity]
+            )
+        )
+        shape = {"mediastinal_widening": widening}
+        upper = anatomy.mediastinum_half_width + widening
+        lesion_boxes = [anatomy.canonical_box(-upper - 0.06, -0.25, upper + 0.14, 0.55)]
+        regions = ["upper mediastinum", "mediastinum"]
     else:
         shape, lesion_boxes, regions = _place_device(rng, anatomy, name, laterality, boxes)
     clipped = tuple(b.clip(anatomy.width, anatomy.height) for b in lesion_boxes)

@@ -97,7 +97,9 @@ def _patient_tasks(config: WorldConfig, cohort_index: int, cohort: str) -> list[
         splits[patient] = SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
     _ensure_evaluation_splits(splits, spec)
     return [
-        PatientTask(cohort, i, n, splits[i], int(rng.integers(2**63)), config.image_size, config.noise)
+        PatientTask(
+            cohort, i, n, splits[i], int(rng.integers(2**63)), config.image_size, config.noise
+        )
         for i, n in enumerate(counts)
     ]
 
@@ -136,7 +138,9 @@ def render_patient(task: PatientTask) -> list[RenderedStudy]:
     for index in range(task.n_studies):
         study_seed = int(rng.integers(2**63))
         study_rng = np.random.default_rng(study_seed)
-        scene = sample_scene(study_rng, anatomy) if previous is None else _evolve(study_rng, previous)
+        scene = (
+            sample_scene(study_rng, anatomy) if previous is None else _evolve(study_rng, previous)
+        )
         frontal = render_frontal(scene, study_rng)
         has_lateral = spec.lateral_fraction == 1.0 or (
             view == "PA" and study_rng.random() < spec.lateral_fraction
