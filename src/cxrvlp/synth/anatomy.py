@@ -112,7 +112,7 @@ class Anatomy:
         left = 2.0 * self.cardiothoracic_ratio * 0.66
         right = 2.0 * self.cardiothoracic_ratio * 0.34
         top = 0.42
-        bottom = 0.5 * (self.right_dome_base + self.left_dome_base) - 0.03
+        bottom = 0.5 * (self.right_dome_base + self.left_dome_base) + 0.03
         return (
             (left - right) / 2.0,
             (top + bottom) / 2.0,

@@ -104,7 +104,8 @@ def _lungs(layers: _Layers) -> np.ndarray:
 def _mediastinum(layers: _Layers) -> np.ndarray:
     """Heart, great vessels and the mediastinal column over the body; the abdomen below."""
     a, u, v = layers.anatomy, layers.u, layers.v
-    heart = _soft_inside(1.0 - a.heart_distance(u, v), 0.04)
+    # The heart's upper border fades into the mediastinum; its lateral borders are sharp.
+    heart = _soft_inside(1.0 - a.heart_distance(u, v), 0.04 + 0.25 * _smoothstep((0.6 - v) / 0.2))
     column = _soft_inside(a.mediastinum_width(v) + 0.02 - np.abs(u - 0.02), 0.03)
     column = column * _soft_inside(0.8 - v, 0.1) * (0.5 + 0.5 * _soft_inside(v + 0.1, 0.15))
     knob = _soft_inside(0.08 - np.hypot(u - 0.14, (v - 0.22) * 0.8), 0.02)
@@ -112,8 +113,8 @@ def _mediastinum(layers: _Layers) -> np.ndarray:
     under_lungs = _soft_inside(a.lateral_edge(np.ones_like(u)) + 0.02 - np.abs(u), 0.08)
     below = _soft_inside(v - a.dome(u) + 0.01, 0.025) * under_lungs
     gas = _soft_inside(0.07 - np.hypot((u - 0.42) / 1.6, v - a.left_dome_base - 0.09), 0.03)
-    central = np.maximum(np.maximum(0.25 * heart, 0.25 * column), 0.25 * knob)
-    return central + 0.22 * below * (1.0 - 0.8 * heart) - 0.15 * gas * below
+    central = np.maximum(np.maximum(0.22 * heart, 0.24 * column), 0.24 * knob)
+    return central + 0.2 * below * (1.0 - heart) - 0.15 * gas * below
 
 
 def _draw_ribs(layers: _Layers, fractures: list[Finding]) -> None:
@@ -153,8 +154,8 @@ def _rib_segment(layers: _Layers, u: np.ndarray, v: np.ndarray, width: float) ->
         return
     # Ribs projected over the abdomen are seen through the liver: fainter.
     strength = 1.0 if float(np.mean(v)) < 0.95 else 0.55
-    layers.line(u, v, width, 0.065 * strength)
-    layers.line(u, v, width * 0.5, -0.025 * strength)  # hollow medulla: cortices stand out
+    layers.line(u, v, width, 0.055 * strength)
+    layers.line(u, v, width * 0.5, -0.012 * strength)  # thinner medulla: cortices stand out
 
 
 def _draw_clavicles(layers: _Layers, fractures: list[Finding]) -> None:
@@ -214,7 +215,7 @@ def _branch(layers, rng, u, v, side_sign, angle, width, length, depth) -> None:
     steps = 6
     us, vs = [u], [v]
     for _ in range(steps):
-        angle += rng.normal(0.0, 0.15)
+        angle += rng.normal(0.0, 0.08)
         u += side_sign * math.cos(angle) * length / steps
         v += math.sin(angle) * length / steps * 0.9
         us.append(u)
@@ -401,7 +402,7 @@ def render_frontal(scene: Scene, rng: np.random.Generator, markers: bool = True)
     keep = _upsample(markings_keep * np.clip(lungs * 1.3, 0, 1), a.width, a.height)
     attenuation = (
         _upsample(smooth, a.width, a.height)
-        + gaussian_filter(np.asarray(layers.fine), 0.8)
+        + gaussian_filter(np.asarray(layers.fine), 1.1)
         + np.asarray(layers.markings) * keep
     )
     return _expose(attenuation, rng, a, markers)
@@ -410,7 +411,7 @@ def render_frontal(scene: Scene, rng: np.random.Generator, markers: bool = True)
 def _expose(
     attenuation: np.ndarray, rng: np.random.Generator, anatomy: Anatomy | None, markers: bool
 ) -> np.ndarray:
-    exposure = rng.uniform(1.6, 2.3)
+    exposure = rng.uniform(1.45, 2.0)
     image = 1.0 - np.exp(-exposure * np.clip(attenuation, 0.0, None))
     image = gaussian_filter(image.astype(np.float32), rng.uniform(0.5, 1.0))
     # Quantum noise grows with the signal; a little fine-grain detector noise on top.
@@ -468,14 +469,14 @@ def render_lateral(scene: Scene, rng: np.random.Generator, markers: bool = True)
     lung = (
         _soft_inside(q - 0.25 * ((p - 0.55) / 0.45) ** 2 - 0.02, 0.03)
         * _soft_inside(dome - q, 0.025)
-        * _soft_inside(0.46 - np.abs(p - 0.5), 0.04)
+        * _soft_inside(0.41 - np.abs(p - 0.45), 0.04)
     )
     ratio = a.cardiothoracic_ratio
     heart = _soft_inside(1.0 - np.hypot((p - 0.3) / (0.45 * ratio + 0.06), (q - 0.7) / 0.26), 0.05)
     heart = heart * _soft_inside(dome - q, 0.03)
     arms = _soft_inside(0.28 - np.hypot((p - 0.15) / 1.4, q + 0.05), 0.1)
     below = _soft_inside(q - dome, 0.02) * body
-    attenuation = 0.55 * body - 0.2 * lung + 0.1 * heart + 0.15 * arms + 0.12 * below
+    attenuation = 0.5 * body - 0.3 * lung + 0.12 * heart + 0.15 * arms + 0.05 * below
     for finding in scene.findings:
         contrast = SEVERITY_CONTRAST[finding.severity]
         if finding.name == "pleural effusion":
