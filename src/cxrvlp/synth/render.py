@@ -131,8 +131,8 @@ def _draw_ribs(layers: _Layers, fractures: list[Finding]) -> None:
             else:
                 cut = abs(fracture.shape["u"])
                 contrast = SEVERITY_CONTRAST[fracture.severity]
-                step = fracture.shape["step"] * (0.5 + 2.5 * contrast)
-                inner, outer = au < cut - 0.012, au > cut + 0.012 * (1 + contrast)
+                step = fracture.shape["step"] * (1.5 + 4.0 * contrast)
+                inner, outer = au < cut - 0.02, au > cut + 0.02 * (1 + contrast)
                 displaced = rv + step * _fragment_taper(au, cut)
                 _rib_segment(layers, side_sign * au[inner], rv[inner], rib_width)
                 _rib_segment(layers, side_sign * au[outer], displaced[outer], rib_width)
@@ -324,7 +324,8 @@ def _draw_pleural_line(layers: _Layers, finding: Finding) -> None:
     sign = -1.0 if finding.laterality == "right" else 1.0
     v = np.linspace(0.0, extent * 0.97, 40)
     taper = np.clip(1.0 - v / extent, 0.0, 1.0) ** 0.5
-    u = a.lateral_edge(v) - depth * taper
+    # The collapsed lung keeps its hilum: its edge never crosses into the mediastinum.
+    u = np.maximum(a.lateral_edge(v) - depth * taper, 0.24)
     top_u = np.linspace(0.16, float(u[0]), 12)
     top_v = a.apex(top_u) + depth
     contrast = SEVERITY_CONTRAST[finding.severity]

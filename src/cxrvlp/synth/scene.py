@@ -418,7 +418,7 @@ def _place_fracture(rng, anatomy, side, boxes):
         target = "clavicle"
         rib = -1
     else:
-        rib = int(rng.integers(4, 9))
+        rib = int(rng.integers(3, 8))  # ribs over the lung, not behind the liver
         u = _sign(side) * float(rng.uniform(0.6, 0.85))
         v = float(rib_v(anatomy, rib, np.array(abs(u))))
         target = "rib"

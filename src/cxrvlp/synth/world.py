@@ -213,7 +213,7 @@ def generate_world(
                 for study in patient_studies:
                     rows = exporter.add(study)
                     for row in rows:
-                        truth.write(json.dumps(row, sort_keys=True) + "\n")
+                        truth.write(json.dumps(row) + "\n")
                     counts["studies"] += 1
                     counts["images"] += len(rows)
                     counts[study.split] += 1
