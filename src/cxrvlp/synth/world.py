@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -204,7 +205,9 @@ def generate_world(
     cohort_counts: dict[str, dict[str, int]] = {}
     normal = images = 0
     sample: list[RenderedStudy] = []
-    bar = tqdm(total=total, desc="synth", unit="study", disable=not progress)
+    # Redirected output (CI logs) gets an update every few seconds, not a line per study.
+    interval = 0.1 if sys.stderr.isatty() else 5.0
+    bar = tqdm(total=total, desc="synth", unit="study", disable=not progress, mininterval=interval)
     with (out / "truth.jsonl").open("w") as truth:
         for cohort, tasks in all_tasks.items():
             exporter = EXPORTERS[cohort](out)
