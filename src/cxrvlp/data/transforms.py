@@ -1,0 +1,1 @@
+"""Transforms bound to the model config: aspect-preserving resize and pad, normalisation."""
