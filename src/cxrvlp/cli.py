@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from cxrvlp import __version__
+from cxrvlp.data import command as data_command
 from cxrvlp.synth import command as synth_command
 
 COMMANDS = {
     "synth": synth_command,
+    "data": data_command,
 }
 
 
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -57,7 +57,7 @@ class CXRDataset(Dataset):
         seed: int = 0,
         label_policy: str | Mapping[str, str] = "ignore",
         blank: str = "zeros",
-        cache: Any = None,
+        cache: str | Path | Any = None,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -70,7 +70,11 @@ class CXRDataset(Dataset):
         self.labels_only = labels_only
         self.label_policy = label_policy
         self.blank = blank
-        self.cache = cache
+        if isinstance(cache, str | Path):
+            from cxrvlp.data.cache import ImageCache
+
+            cache = ImageCache(cache)
+        self.cache = cache  # an ImageCache (or a folder holding one): pixels read from it first
         self.n_rows = 0  # data rows read from the label files (set by _read)
         records, problems = self._read()
         self.problems: list[Problem] = list(problems)
