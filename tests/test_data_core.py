@@ -99,8 +99,11 @@ def test_base_counts_missing_files_and_bad_rows(folder):
     summary = dataset.summary()
     assert summary["n_problems"] == 2 and summary["n_patients"] == 11
     assert summary["per_label"]["Finding"]["positive"] == 5
-    with pytest.raises(MissingFileError, match=r"list\.txt"):
+    with pytest.raises(MissingFileError, match="nowhere"):
         FolderDataset(folder / "nowhere")
+    (folder / "empty").mkdir()
+    with pytest.raises(MissingFileError, match=r"list\.txt.*one image name a line"):
+        FolderDataset(folder / "empty")
 
 
 def test_a_dataloader_over_bad_samples_finishes_its_epoch(folder):
