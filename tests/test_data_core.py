@@ -83,7 +83,11 @@ def folder(tmp_path):
     names = []
     for i in range(10):
         name = f"p{i}_img.png"
-        Image.fromarray(rng.integers(0, 255, (48, 64), dtype=np.uint8)).save(tmp_path / name)
+        # Smooth content, as radiographs are: resampling filters then agree closely.
+        y, x = np.mgrid[0:48, 0:64]
+        phase = rng.uniform(0, 6)
+        pixels = 127 + 100 * np.sin(x / 9 + phase) * np.cos(y / 7)
+        Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name)
         names.append(name)
     (tmp_path / "p10_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     names += ["p10_corrupt.png", "p11_missing.png", ""]
@@ -145,7 +149,7 @@ def test_cache_is_transparent(folder, tmp_path):
     assert torch.allclose(fast.boxes, raw.boxes * 0.5)
     # Down-sampled pixels match the raw image averaged over 2x2 blocks, up to 8-bit rounding.
     pooled = raw.image[0].reshape(24, 2, 32, 2).mean(dim=(1, 3))
-    assert (fast.image[0] - pooled).abs().mean() < 0.05
+    assert (fast.image[0] - pooled).abs().mean() < 0.02
     assert "p0_img.png" in cache and len(cache) == 10
     # The corrupt image is not cached: reading it falls back to the file and is skipped.
     assert cached[

@@ -102,6 +102,13 @@ class CXRDataset(Dataset):
         """A segmentation mask (H, W) uint8 at the file's size, for readers that have one."""
         return None
 
+    def require_one_of(self, names: tuple[str, ...], fix: str = "") -> Path:
+        """The first of the publisher's alternative file names present (e.g. .csv or .csv.zip)."""
+        for name in names:
+            if (self.root / name).is_file():
+                return self.root / name
+        return self.require(names[0], fix)
+
     def require(self, relative: str, fix: str = "") -> Path:
         """A file of the publisher's layout, or an error naming it and how to get it."""
         path = self.root / relative
@@ -133,6 +140,7 @@ class CXRDataset(Dataset):
             answer=record.answer,
             answer_type=record.answer_type,
             path=relative_or_absolute(record.image_path, self.root) if record.image_path else "",
+            extra=record.extra,
         )
         if record.labels is not None:
             values, mask = apply_uncertainty(

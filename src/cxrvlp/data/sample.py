@@ -76,6 +76,7 @@ class Sample:
     answer: str = ""
     answer_type: str = ""
     path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # reader-specific (e.g. region phrases)
     error: str = ""  # set when the sample could not be loaded: collate skips it
 
 
@@ -107,6 +108,8 @@ def collate_samples(samples: list[Sample]) -> dict[str, Any]:
         batch["mask"] = torch.stack([s.mask for s in good])
     if any(s.report is not None for s in good):
         batch["report"] = [s.report.findings_and_impression if s.report else "" for s in good]
+    if any(s.extra for s in good):
+        batch["extra"] = [s.extra for s in good]
     if any(s.question for s in good):
         batch["question"] = [s.question for s in good]
         batch["answer"] = [s.answer for s in good]

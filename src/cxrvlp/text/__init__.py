@@ -1,0 +1,1 @@
+"""Report text: sections, sentences, entities, labels, knowledge prompts and tokenizers."""
