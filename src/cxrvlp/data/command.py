@@ -158,5 +158,11 @@ def run_sections(args: argparse.Namespace) -> int:
     except (DataError, OSError) as error:
         print(f"cxrvlp data sections: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: {stats}")
+    print(
+        f"wrote {args.out}: {stats.n_written:,} of {stats.n_reports:,} reports sectioned, "
+        f"{stats.n_empty:,} with neither findings nor impression, "
+        f"{len(stats.unreadable):,} unreadable"
+    )
+    for name, reason in stats.unreadable[:MAX_PROBLEMS_SHOWN]:
+        print(f"  unreadable: {name}: {reason}")
     return 0
