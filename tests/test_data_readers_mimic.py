@@ -220,6 +220,24 @@ def test_mimic_sectioned_csv_gives_the_same_reports(
     assert len(explicit) == len(mimic)
 
 
+def test_mimic_nan_sections_are_counted_skips(mimic: MIMICCXRDataset, world: Path, tmp_path):
+    sectioned = tmp_path / "mimic_cxr_sectioned.csv.gz"
+    write_sectioned_csv(world / "mimic-cxr-reports", sectioned, progress=False)
+    frame = pd.read_csv(sectioned, dtype=str)
+    both_blank, findings_blank = frame["study"].iloc[0], frame["study"].iloc[1]
+    frame.loc[0, ["findings", "impression"]] = np.nan
+    frame.loc[1, "findings"] = np.nan
+    frame.to_csv(sectioned, index=False)
+    reader = MIMICCXRDataset(world / "mimic-cxr-jpg", sectioned=sectioned)
+    kept = {r.study_id for r in reader.records}
+    assert both_blank.removeprefix("s") not in kept
+    assert findings_blank.removeprefix("s") in kept
+    assert len(reader.records) == len(mimic.records) - sum(
+        r.study_id == both_blank.removeprefix("s") for r in mimic.records
+    )
+    assert any(both_blank.removeprefix("s") in p.source for p in reader.problems)
+
+
 @pytest.mark.parametrize("split", ["train", "validate", "test"])
 def test_mimic_split_filter(mimic_truth: dict[str, dict], world: Path, split: str):
     dataset = MIMICCXRDataset(world / "mimic-cxr-jpg", split=split, views=None)
