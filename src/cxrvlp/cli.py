@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from cxrvlp import __version__
 from cxrvlp.data import command as data_command
 from cxrvlp.synth import command as synth_command
+from cxrvlp.text import command as text_command
 
 COMMANDS = {
     "synth": synth_command,
     "data": data_command,
+    "text": text_command,
 }
 
 
