@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from cxrvlp import __version__
 from cxrvlp.data import command as data_command
+from cxrvlp.detector import command as detector_command
 from cxrvlp.synth import command as synth_command
 from cxrvlp.text import command as text_command
 
@@ -16,6 +17,7 @@ COMMANDS = {
     "synth": synth_command,
     "data": data_command,
     "text": text_command,
+    "detector": detector_command,
 }
 
 

@@ -1,0 +1,1 @@
+"""Training, evaluating and running the anatomical region detector (29 Chest ImaGenome regions)."""

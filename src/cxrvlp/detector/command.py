@@ -1,0 +1,167 @@
+"""`cxrvlp detector train | eval | predict | annotate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cxrvlp.data.errors import DataError
+
+DESCRIPTION = """\
+Anatomical region detector (Faster R-CNN, 29 Chest ImaGenome regions, one box per region):
+train on Chest ImaGenome + MIMIC-CXR-JPG (real or `cxrvlp synth`), evaluate (IoU, mAP),
+predict on image files (DICOM accepted) with overlays, annotate a whole data set once.
+"""
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--imagenome", type=Path, required=True, help="Chest ImaGenome root")
+    parser.add_argument("--images", type=Path, required=True, help="MIMIC-CXR-JPG root")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="detector_command", required=True, metavar="ACTION")
+    train = commands.add_parser("train", help="train the detector (resumable)")
+    _data_options(train)
+    train.add_argument("--out", type=Path, required=True, help="run folder (export lands here)")
+    train.add_argument(
+        "--backbone", default="resnet18-fpn", help="resnet18-fpn (CPU) or resnet50-fpn"
+    )
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--max-steps", type=int, help="stop after this many steps")
+    train.add_argument("--epochs", type=int, default=1, help="epochs when --max-steps is not given")
+    train.add_argument("--max-minutes", type=float, help="stop and save after this long")
+    train.add_argument("--checkpoint-every", type=int, default=200)
+    train.add_argument("--resume", help="'latest' or a checkpoint folder")
+    train.add_argument("--init-weights", type=Path, help="local ResNet weights to start from")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.set_defaults(action=run_train)
+
+    evaluate = commands.add_parser("eval", help="IoU per region, mean IoU, mAP@0.5, COCO mAP")
+    evaluate.add_argument("--model", type=Path, required=True, help="exported detector folder")
+    _data_options(evaluate)
+    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    evaluate.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    evaluate.set_defaults(action=run_eval)
+
+    predict = commands.add_parser("predict", help="boxes JSON + overlay PNG per image")
+    predict.add_argument("images", type=Path, nargs="+", help="image files (JPEG, PNG, DICOM)")
+    predict.add_argument("--model", type=Path, required=True)
+    predict.add_argument("--out", type=Path, required=True)
+    predict.set_defaults(action=run_predict)
+
+    annotate = commands.add_parser("annotate", help="boxes for a whole data set, once (JSONL)")
+    annotate.add_argument("--model", type=Path, required=True)
+    _data_options(annotate)
+    annotate.add_argument("--split", choices=("train", "valid", "test"), help="default: all")
+    annotate.add_argument("--out", type=Path, required=True, help="output .jsonl")
+    annotate.set_defaults(action=run_annotate)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return args.action(args)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        print(f"cxrvlp detector {args.detector_command}: {error}", file=sys.stderr)
+        return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.train import TrainOptions, train_detector
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = TrainOptions(
+        imagenome=args.imagenome,
+        images=args.images,
+        out=args.out,
+        backbone=args.backbone,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        init_weights=args.init_weights,
+        seed=args.seed,
+    )
+    summary = train_detector(options)
+    print(
+        f"trained {summary['steps']} steps in {summary['seconds']} s; "
+        f"detector exported to {args.out}"
+    )
+    return 0
+
+
+def _dataset(args: argparse.Namespace, split: str | None):
+    from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
+    from cxrvlp.detector.train import detector_transform
+
+    return ChestImaGenomeDataset(
+        args.imagenome,
+        images=args.images,
+        split=split,
+        transform=detector_transform(args.image_size, augment=False),
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.evaluate import evaluate_detector
+    from cxrvlp.detector.export import load_detector
+
+    model = load_detector(args.model)
+    args.image_size = model.config.image_size
+    start = time.perf_counter()
+    result = evaluate_detector(model, _dataset(args, args.split), progress=not args.json)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    (args.model / f"eval_{args.split}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'region':<26} {'IoU':>6}")
+    for name, iou in result["per_region"].items():
+        print(f"{name:<26} {iou:>6.3f}")
+    print(
+        f"mean IoU {result['mean_iou']:.3f} (lowest region {result['min_region_iou']:.3f}), "
+        f"mAP@0.5 {result['map50']:.3f}, COCO mAP {result['map']:.3f}, "
+        f"fallback boxes {100 * result['fallback_rate']:.1f} % on {result['n_images']} images"
+    )
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.evaluate import draw_overlay, predict_files
+    from cxrvlp.detector.export import load_detector
+
+    model = load_detector(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for result in predict_files(model, args.images):
+        path = Path(result["image"])
+        (args.out / f"{path.stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        overlay = draw_overlay(path, result, args.out / f"{path.stem}_regions.png")
+        fallbacks = sum(r["fallback"] for r in result["regions"].values())
+        print(f"{path}: 29 regions ({fallbacks} fallback) -> {overlay}")
+    return 0
+
+
+def run_annotate(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.evaluate import annotate_dataset
+    from cxrvlp.detector.export import load_detector
+
+    model = load_detector(args.model)
+    args.image_size = model.config.image_size
+    summary = annotate_dataset(model, _dataset(args, args.split), args.out)
+    print(
+        f"annotated {summary['written']:,} images into {args.out}; {summary['skipped']} unreadable"
+    )
+    return 0

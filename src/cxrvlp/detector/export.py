@@ -1,0 +1,67 @@
+"""Saving and loading the region detector: safetensors weights + config.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cxrvlp.data.errors import MissingFileError
+from cxrvlp.engine.checkpoint import load_weights, save_weights
+from cxrvlp.models.detector import DetectorConfig, RegionDetector
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_detector(model: RegionDetector, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / WEIGHTS)
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".json")
+    with os.fdopen(handle, "w") as stream:
+        json.dump({"kind": "cxrvlp-region-detector", **model.config.to_dict()}, stream, indent=2)
+    os.replace(temporary, folder / CONFIG)
+    return folder
+
+
+def load_detector(folder: str | Path) -> RegionDetector:
+    """The exported detector in one call (``cxrvlp detector train`` writes the folder)."""
+    folder = Path(folder)
+    for name in (CONFIG, WEIGHTS):
+        if not (folder / name).is_file():
+            raise MissingFileError(
+                folder / name, "region detector file", "Train one with `cxrvlp detector train`."
+            )
+    config = json.loads((folder / CONFIG).read_text())
+    config.pop("kind", None)
+    model = RegionDetector(DetectorConfig(**config))
+    load_weights(model, folder / WEIGHTS)
+    model.eval()
+    return model
+
+
+def load_initial_backbone(model: RegionDetector, path: str | Path) -> None:
+    """Start the ResNet from local weights (torchvision ImageNet files or a safetensors file).
+
+    A 3-channel first convolution is summed over its input channels for grayscale input.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(path, "initial backbone weights", "Pass a local ResNet weight file.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    body = model.model.backbone.body
+    if state.get("conv1.weight") is not None and state["conv1.weight"].shape[1] == 3:
+        state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    kept = {k: v for k, v in state.items() if k in body.state_dict()}
+    if not kept:
+        raise ValueError(f"{path} holds no weights of a ResNet body")
+    body.load_state_dict(kept, strict=False)

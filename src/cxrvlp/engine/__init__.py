@@ -1,0 +1,1 @@
+"""Plain-PyTorch training machinery: seeding, checkpoints, the train loop and its helpers."""

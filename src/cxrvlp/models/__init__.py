@@ -1,0 +1,1 @@
+"""Model architectures (no file I/O here): towers, fusion, decoder, region detector."""
