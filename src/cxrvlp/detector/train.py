@@ -172,6 +172,7 @@ def train_detector(options: TrainOptions) -> dict:
                     **{k: v.item() for k, v in losses.items()},
                 }
                 metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}")
                 out_of_time = options.max_minutes is not None and (

@@ -1,6 +1,6 @@
 """The medical knowledge base of GK-MVLP: entities (findings, diseases, devices) and positions.
 
-Three versioned JSON files in ``text/knowledge/`` make it up:
+Three versioned JSON files in ``text/knowledge_data/`` make it up:
 
 * ``entities.json``: each entity's name, category, synonyms, typical Chest ImaGenome regions,
   CheXpert observation (and those it implies, optional) and ASG tags: the vocabulary the
@@ -26,7 +26,7 @@ from typing import Any
 
 from cxrvlp.constants import ASG_TAGS, CHEST_IMAGENOME_REGIONS, CHEXPERT_LABELS
 
-KNOWLEDGE_DIR = Path(__file__).with_name("knowledge")
+KNOWLEDGE_DIR = Path(__file__).with_name("knowledge_data")
 ENTITIES_FILE = "entities.json"
 DEFINITIONS_FILE = "definitions.json"
 POSITIONS_FILE = "positions.json"

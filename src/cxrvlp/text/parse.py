@@ -44,7 +44,7 @@ from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.sample import ReportSections
 from cxrvlp.text.sections import parse_mimic_report
 
-ENTITIES_PATH = Path(__file__).with_name("knowledge") / "entities.json"
+ENTITIES_PATH = Path(__file__).with_name("knowledge_data") / "entities.json"
 EXISTENCES: tuple[str, ...] = ("present", "absent", "uncertain")
 SEVERITIES: tuple[str, ...] = ("small", "moderate", "large")
 # When one finding is stated twice, the stronger statement holds (as in the CheXpert labeller).
