@@ -47,6 +47,9 @@ APICES = ("right apical zone", "left apical zone")
 LUNGS = ("right lung", "left lung")
 
 CASES: list[tuple[str, dict[str, Expect]]] = [
+    # ---- a calcified "density" is a granuloma, not an airspace opacity
+    ("There is a calcified density in the left mid lung, most likely a calcified granuloma.",
+     {"calcification": P(laterality="left")}),
     # ---- negation and its scope
     ("No pneumothorax or pleural effusion.",
      {"pneumothorax": A(*APICES), "pleural effusion": A(*CPA)}),
