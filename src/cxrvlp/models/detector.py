@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import box_iou
@@ -37,6 +38,9 @@ class DetectorConfig:
     backbone: str = "resnet18-fpn"
     image_size: int = 224  # images arrive resized and padded to this square (ResizePad)
     box_head_size: int = 512  # the ROI head's hidden width (torchvision's default is 1024)
+    # One anchor size per FPN level, smaller than torchvision's (32..512): at 224 px the carina
+    # and the cavoatrial junction are 10-20 px boxes.
+    anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
     image_mean: float = 0.5
     image_std: float = 0.25
     # Mean box of each region relative to the union of the two lung boxes (x1, y1, x2, y2 in
@@ -81,8 +85,13 @@ class RegionDetector(nn.Module):
         self.config = config or DetectorConfig()
         backbone = _backbone(self.config.backbone)
         hidden = self.config.box_head_size
+        anchors = AnchorGenerator(
+            sizes=tuple((size,) for size in self.config.anchor_sizes),
+            aspect_ratios=((0.5, 1.0, 2.0),) * len(self.config.anchor_sizes),
+        )
         self.model = FasterRCNN(
             backbone,
+            rpn_anchor_generator=anchors,
             box_head=TwoMLPHead(backbone.out_channels * 7 * 7, hidden),
             box_predictor=FastRCNNPredictor(hidden, N_REGIONS + 1),
             min_size=self.config.image_size,
