@@ -83,7 +83,7 @@ def test_fallback_boxes_follow_the_lungs():
         "labels": torch.tensor([1, 9]),
         "scores": torch.tensor([0.9, 0.8]),
     }
-    result = model._one_box_per_region(lungs, (SIZE, SIZE))
+    result = model.one_box_per_region(lungs, (SIZE, SIZE))
     assert result.fallback.sum() == 27 and not result.fallback[[0, 8]].any()
     assert result.boxes[2].tolist() == [10.0, 20.0, 50.0, 50.0]  # half the lung frame
     nothing = {
@@ -91,7 +91,7 @@ def test_fallback_boxes_follow_the_lungs():
         "labels": torch.zeros(0, dtype=torch.long),
         "scores": torch.zeros(0),
     }
-    result = model._one_box_per_region(nothing, (SIZE, SIZE))
+    result = model.one_box_per_region(nothing, (SIZE, SIZE))
     assert result.fallback.all()
     assert torch.allclose(result.boxes[0], torch.tensor([9.6, 9.6, 19.2, 19.2]))
 

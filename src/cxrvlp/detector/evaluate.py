@@ -35,7 +35,7 @@ def evaluate_detector(
         with torch.no_grad():
             raw = model(images)
         predictions = [
-            model._one_box_per_region(d, image.shape[-2:])
+            model.one_box_per_region(d, image.shape[-2:])
             for d, image in zip(raw, images, strict=True)
         ]
         for prediction, truth in zip(predictions, batch["boxes"], strict=True):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from cxrvlp.data.errors import MissingFileError
-from cxrvlp.engine.checkpoint import load_weights, save_weights
+from cxrvlp.engine.checkpoint import atomic_write, load_weights, save_weights
 from cxrvlp.models.detector import DetectorConfig, RegionDetector
 
 WEIGHTS = "model.safetensors"
@@ -21,10 +19,8 @@ def save_detector(model: RegionDetector, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / WEIGHTS)
-    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump({"kind": "cxrvlp-region-detector", **model.config.to_dict()}, stream, indent=2)
-    os.replace(temporary, folder / CONFIG)
+    config = json.dumps({"kind": "cxrvlp-region-detector", **model.config.to_dict()}, indent=2)
+    atomic_write(folder / CONFIG, lambda path: path.write_text(config))
     return folder
 
 

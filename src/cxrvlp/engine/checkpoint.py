@@ -116,7 +116,7 @@ class CheckpointManager:
                 "rng": rng_state(),
                 "extra": extra,
             }
-            _atomic_write(
+            atomic_write(
                 staging / TRAINING_STATE_FILE, lambda path: torch.save(training_state, path)
             )
             meta = {
@@ -128,7 +128,7 @@ class CheckpointManager:
                 },
             }
             meta_text = json.dumps(meta, indent=2) + "\n"
-            _atomic_write(staging / META_FILE, lambda path: path.write_text(meta_text))
+            atomic_write(staging / META_FILE, lambda path: path.write_text(meta_text))
             folder = self._move_into_place(staging, self.checkpoints_dir / step_dir_name(step))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -245,7 +245,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _storable_tensors(_unwrap(model).state_dict())
     metadata = {"format": "pt", TIED_ALIASES_KEY: json.dumps(aliases, sort_keys=True)}
-    _atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+    atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
 
 def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
@@ -370,7 +370,7 @@ def _check_weights_only_loadable(extra: dict[str, Any]) -> None:
         ) from error
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Have ``write`` fill a temporary file beside ``path``, then rename it over ``path``."""
     temporary = path.with_name(f".{path.name}.{_unique()}.tmp")
     try:

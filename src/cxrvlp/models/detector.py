@@ -120,11 +120,12 @@ class RegionDetector(nn.Module):
         detections = self.model(images)
         self.train(was_training)
         return [
-            self._one_box_per_region(d, image.shape[-2:])
+            self.one_box_per_region(d, image.shape[-2:])
             for d, image in zip(detections, images, strict=True)
         ]
 
-    def _one_box_per_region(self, detection: dict, size: tuple[int, int]) -> RegionBoxes:
+    def one_box_per_region(self, detection: dict, size: tuple[int, int]) -> RegionBoxes:
+        """The contract applied to one image's raw detections (``forward`` in eval mode)."""
         boxes = torch.zeros(N_REGIONS, 4)
         scores = torch.zeros(N_REGIONS)
         found = torch.zeros(N_REGIONS, dtype=torch.bool)
@@ -157,28 +158,6 @@ class RegionDetector(nn.Module):
             )
         extent = (frame[2:] - frame[:2]).repeat(2)
         return frame[:2].repeat(2) + relative * extent
-
-
-def fit_fallback_positions(config: DetectorConfig, targets: list[torch.Tensor], size: int) -> None:
-    """Mean region boxes relative to the lungs and to the image, from training targets.
-
-    ``targets`` holds (29, 4) boxes per image (NaN rows for regions absent in that image).
-    """
-    to_lungs, to_image = [], []
-    for boxes in targets:
-        lungs = boxes[list(LUNG_REGIONS)]
-        if torch.isnan(lungs).any():
-            continue
-        frame = torch.stack(
-            [lungs[:, 0].min(), lungs[:, 1].min(), lungs[:, 2].max(), lungs[:, 3].max()]
-        )
-        extent = (frame[2:] - frame[:2]).repeat(2)
-        to_lungs.append((boxes - frame[:2].repeat(2)) / extent)
-        to_image.append(boxes / size)
-    if not to_lungs:
-        raise ValueError("no training image has both lung boxes: cannot place fallback boxes")
-    config.relative_to_lungs = torch.stack(to_lungs).nanmean(dim=0).tolist()
-    config.relative_to_image = torch.stack(to_image).nanmean(dim=0).tolist()
 
 
 def region_ious(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

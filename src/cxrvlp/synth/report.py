@@ -17,8 +17,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from cxrvlp.constants import CHEXPERT_LABELS
 from cxrvlp.synth.scene import FINDING_TYPES, ZONE_REGION, Finding, Scene
+from cxrvlp.text.chexpert_rules import combine_statements
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,6 @@ class Mention:
     regions: tuple[str, ...]  # Chest ImaGenome regions the sentence refers to
 
 
-_EXISTENCE_LABEL = {"present": 1.0, "uncertain": -1.0, "absent": 0.0}
-_EXISTENCE_RANK = {"present": 3, "uncertain": 2, "absent": 1}
 _WRAP_WIDTH = 78
 
 
@@ -76,27 +74,15 @@ class Report:
 
     def chexpert_labels(self) -> dict[str, float | None]:
         """1.0 / 0.0 / -1.0 / None per CheXpert observation, as a labeller reads this report."""
-        best: dict[str, str] = {}
+        statements = []
         for mention in self.mentions:
             observations = FINDING_TYPES[mention.finding].chexpert
             # "No consolidation" says nothing about other opacities: a negation only reaches
             # the finding's own observation, an assertion reaches all it implies.
             if mention.existence == "absent":
                 observations = observations[:1]
-            for observation in observations:
-                held = best.get(observation)
-                if held is None or _EXISTENCE_RANK[mention.existence] > _EXISTENCE_RANK[held]:
-                    best[observation] = mention.existence
-        labels: dict[str, float | None] = {
-            name: _EXISTENCE_LABEL[best[name]] if name in best else None for name in CHEXPERT_LABELS
-        }
-        abnormal = any(
-            value in (1.0, -1.0)
-            for name, value in labels.items()
-            if name not in ("No Finding", "Support Devices")
-        )
-        labels["No Finding"] = None if abnormal else 1.0
-        return labels
+            statements.append((observations, mention.existence))
+        return combine_statements(statements)
 
 
 def _wrap(paragraph: str) -> list[str]:

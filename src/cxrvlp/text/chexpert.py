@@ -23,12 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cxrvlp.constants import CHEXPERT_LABELS
 from cxrvlp.data.sample import ReportSections
-from cxrvlp.text.parse import EXISTENCE_RANK, ParsedReport, load_entities, parse_report
-
-LABEL_VALUES = {"present": 1.0, "uncertain": -1.0, "absent": 0.0}
-NOT_ABNORMAL = ("No Finding", "Support Devices")
+from cxrvlp.text.chexpert_rules import combine_statements
+from cxrvlp.text.parse import ParsedReport, load_entities, parse_report
 
 
 def label_report(
@@ -42,7 +39,7 @@ def label_report(
     parsed = report if isinstance(report, ParsedReport) else parse_report(report)
     wanted = None if sections is None else set(sections)
     entities = load_entities()
-    best: dict[str, str] = {}
+    statements = []
     for triplet in parsed.triplets:
         if wanted is not None and triplet.section not in wanted:
             continue
@@ -52,15 +49,5 @@ def label_report(
         observations = (entity.chexpert,)
         if triplet.existence != "absent":
             observations += entity.chexpert_implied
-        for observation in observations:
-            held = best.get(observation)
-            if held is None or EXISTENCE_RANK[triplet.existence] > EXISTENCE_RANK[held]:
-                best[observation] = triplet.existence
-    labels: dict[str, float | None] = {
-        name: LABEL_VALUES[best[name]] if name in best else None for name in CHEXPERT_LABELS
-    }
-    abnormal = any(
-        value in (1.0, -1.0) for name, value in labels.items() if name not in NOT_ABNORMAL
-    )
-    labels["No Finding"] = None if abnormal else 1.0
-    return labels
+        statements.append((observations, triplet.existence))
+    return combine_statements(statements)
