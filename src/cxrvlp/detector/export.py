@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from cxrvlp.data.errors import MissingFileError
-from cxrvlp.engine.checkpoint import atomic_write, load_weights, save_weights
+from cxrvlp.engine.checkpoint import atomic_write, load_weights, read_state_dict, save_weights
 from cxrvlp.models.detector import DetectorConfig, RegionDetector
 
 WEIGHTS = "model.safetensors"
@@ -48,12 +46,7 @@ def load_initial_backbone(model: RegionDetector, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(path, "initial backbone weights", "Pass a local ResNet weight file.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path)
     body = model.model.backbone.body
     if state.get("conv1.weight") is not None and state["conv1.weight"].shape[1] == 3:
         state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)

@@ -400,3 +400,20 @@ def _listing(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_KEYS_IN_MESSAGE])
     hidden = len(items) - _MAX_KEYS_IN_MESSAGE
     return shown + (f" and {hidden} more" if hidden > 0 else "")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a local weight file: safetensors, or a torch file read with
+    ``weights_only=True`` (a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper is opened)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist: pass a local file")
+    if path.suffix == ".safetensors":
+        return _read_weights(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return state

@@ -1,0 +1,117 @@
+"""The pre-training pairs of GK-MVLP: MIMIC-CXR-JPG images with their reports, each image
+joined to its 29 region boxes and each report parsed into entity existences.
+
+``root`` holds ``mimic-cxr-jpg/``, the reports (``mimic-cxr-reports/`` or a sectioned CSV, as
+:class:`MIMICCXRDataset` finds them) and, for boxes, ``chest-imagenome/``: the layout of a
+``cxrvlp synth`` world and of the unpacked PhysioNet releases side by side. Boxes may come from
+the detector's ``annotate`` JSONL instead. An image without boxes keeps NaN boxes (counted and
+logged; the GK module then attends to the whole image).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+from cxrvlp.data.errors import DataError, MissingFileError
+from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
+from cxrvlp.data.readers.mimic import MIMICCXRDataset
+from cxrvlp.text.parse import parse_report
+
+log = logging.getLogger(__name__)
+
+MIMIC_FOLDER = "mimic-cxr-jpg"
+IMAGENOME_FOLDER = "chest-imagenome"
+IMAGENOME_SPLITS = ("train", "valid", "test")
+
+
+def pretraining_dataset(
+    root: str | Path,
+    *,
+    split: str = "train",
+    boxes: str | Path | None = "imagenome",
+    transform: Any = None,
+    cache: Any = None,
+) -> MIMICCXRDataset:
+    """MIMIC-CXR pairs of one official split (``train``, ``validate``, ``test``) with boxes
+    (``"imagenome"``, a detector JSONL path, or None) and ``extra["entities"]``: entity name ->
+    existence of the report (the parser's), the source of the ECLS targets."""
+    root = Path(root)
+    mimic_root = root / MIMIC_FOLDER
+    if not mimic_root.is_dir():
+        raise MissingFileError(
+            mimic_root,
+            "MIMIC-CXR-JPG folder of the pre-training root",
+            "Pass --data the folder holding mimic-cxr-jpg/, mimic-cxr-reports/ and "
+            "chest-imagenome/ (a `cxrvlp synth` output has this layout).",
+        )
+    dataset = MIMICCXRDataset(mimic_root, split=split, transform=transform, cache=cache)
+    if not dataset.records:
+        raise DataError(f"{mimic_root} holds no image of split {split!r} with a report")
+    region_boxes = _region_boxes(root, boxes, mimic_root)
+    parsed: dict[str, dict[str, str]] = {}
+    missing_boxes = 0
+    for record in tqdm(dataset.records, desc=f"reports ({split})", unit="image", disable=None):
+        key = record.study_id
+        if key not in parsed:
+            parsed[key] = parse_report(record.report).findings() if record.report else {}
+        found = region_boxes.get(record.image_id)
+        if found is None:
+            missing_boxes += 1
+            found = np.full((len(CHEST_IMAGENOME_REGIONS), 4), np.nan, np.float32)
+        record.boxes = found
+        record.box_labels = CHEST_IMAGENOME_REGIONS
+        record.extra = {**record.extra, "entities": parsed[key]}
+    dataset.n_missing_boxes = missing_boxes
+    if boxes is not None and missing_boxes:
+        log.warning(
+            "%d of %d %s images have no region boxes: the GK module sees the whole image there",
+            missing_boxes,
+            len(dataset.records),
+            split,
+        )
+    return dataset
+
+
+def _region_boxes(root: Path, boxes: str | Path | None, mimic_root: Path) -> dict[str, np.ndarray]:
+    if boxes is None:
+        return {}
+    if str(boxes) == "imagenome":
+        folder = root / IMAGENOME_FOLDER
+        found: dict[str, np.ndarray] = {}
+        for split in IMAGENOME_SPLITS:
+            reader = ChestImaGenomeDataset(folder, images=mimic_root, split=split, labels_only=True)
+            found.update({record.image_id: record.boxes for record in reader.records})
+        return found
+    return read_detector_boxes(Path(boxes))
+
+
+def read_detector_boxes(path: Path) -> dict[str, np.ndarray]:
+    """image_id -> (29, 4) boxes from ``cxrvlp detector annotate`` output (file pixels)."""
+    if not path.is_file():
+        raise MissingFileError(
+            path, "region boxes JSONL", "Write it with `cxrvlp detector annotate --out FILE`."
+        )
+    found = {}
+    with path.open(encoding="utf-8") as stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                regions = row["regions"]
+                found[row["image_id"]] = np.array(
+                    [regions[name]["box"] for name in CHEST_IMAGENOME_REGIONS], np.float32
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                raise DataError(
+                    f"{path}, line {number}: not a detector annotation row ({error}); "
+                    "re-run `cxrvlp detector annotate`"
+                ) from error
+    return found

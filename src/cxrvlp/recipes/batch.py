@@ -1,0 +1,96 @@
+"""The batch contract of GK-MVLP: samples -> tensors, and the knowledge prompts."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+from cxrvlp.data.sample import Sample, collate_samples
+from cxrvlp.text.knowledge import load_knowledge_base
+from cxrvlp.text.prompts import entity_prompts, position_prompts
+
+PRESENT, ABSENT, UNCERTAIN = "present", "absent", "uncertain"
+
+
+def stable_key(text: str) -> int:
+    """A process-independent integer key (``hash`` of a str differs between processes)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = tokenizer(
+        texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def attach_prompts(model: Any, tokenizer: PreTrainedTokenizerBase, max_length: int = 64) -> None:
+    """Tokenise the entity prompts and the 29 position prompts into ``model``."""
+    kb = load_knowledge_base()
+    entities = entity_prompts(kb)
+    positions = position_prompts(kb)
+    model.set_knowledge_prompts(
+        [prompt.entity for prompt in entities],
+        tokenize(tokenizer, [prompt.text for prompt in entities], max_length),
+        tokenize(tokenizer, [prompt.text for prompt in positions], max_length),
+    )
+
+
+def entity_names() -> list[str]:
+    return list(load_knowledge_base().names)
+
+
+class PretrainCollator:
+    """Samples of :func:`cxrvlp.data.pretraining.pretraining_dataset` -> a GK-MVLP batch."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.entities = entity_names()
+        self.entity_index = {name: index for index, name in enumerate(self.entities)}
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        batch = collate_samples(samples)
+        good = [sample for sample in samples if not sample.error]
+        if not good:
+            return batch
+        reports = batch["report"]
+        empty = [sample.path for sample, report in zip(good, reports, strict=True) if not report]
+        if empty:
+            raise ValueError(
+                f"pre-training samples without report text: {empty[:5]}; the reader should "
+                "have counted them as problems"
+            )
+        batch["input_ids"], batch["attention_mask"] = tokenize(
+            self.tokenizer, reports, self.max_length
+        )
+        regions = len(CHEST_IMAGENOME_REGIONS)
+        batch["boxes"] = torch.stack(
+            [
+                sample.boxes if sample.boxes is not None else torch.full((regions, 4), float("nan"))
+                for sample in good
+            ]
+        )
+        targets = torch.zeros(len(good), len(self.entities))
+        valid = torch.ones(len(good), len(self.entities), dtype=torch.bool)
+        for row, sample in enumerate(good):
+            for name, existence in sample.extra.get("entities", {}).items():
+                column = self.entity_index.get(name)
+                if column is None:
+                    continue
+                targets[row, column] = float(existence == PRESENT)
+                valid[row, column] = existence != UNCERTAIN
+        batch["entity_targets"], batch["entity_valid"] = targets, valid
+        batch["study_key"] = torch.tensor(
+            [stable_key(f"{s.patient_id}/{s.study_id}") for s in good], dtype=torch.long
+        )
+        batch["report_key"] = torch.tensor(
+            [stable_key(" ".join(report.lower().split())) for report in reports], dtype=torch.long
+        )
+        return batch

@@ -1,0 +1,324 @@
+"""GK-MVLP: image encoder, report encoder, image-report encoder, report decoder and the
+grounded-knowledge module, trained with ITC, ITM, LM and ECLS.
+
+Batch contract (``GKMVLP.forward``; built by :class:`cxrvlp.recipes.batch.PretrainCollator`):
+
+``image`` (B, C, S, S); ``boxes`` (B, 29, 4) region boxes in input pixels (NaN: not found);
+``input_ids`` / ``attention_mask`` (B, L) report tokens, [CLS] first; ``entity_targets``
+(B, E) 1 present / 0 absent and ``entity_valid`` (B, E) bool, in knowledge-base entity order;
+``study_key`` and ``report_key`` (B,) int64 (equal keys: same study / same report text);
+``step`` the optimiser step (seeds the ITM negative draw).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cxrvlp.engine import distributed
+from cxrvlp.losses import (
+    contrastive_loss_terms,
+    ecls_loss_terms,
+    lm_loss_terms,
+    sample_hard_negatives,
+)
+from cxrvlp.models.grounding import GroundedKnowledge
+from cxrvlp.models.outputs import ImageFeatures, PretrainOutput
+from cxrvlp.models.text import ImageReportEncoder, ReportDecoder, TextEncoder
+from cxrvlp.models.vision import ImageEncoder
+
+LOSS_NAMES = ("itc", "itm", "lm", "ecls")
+_MAX_LOGIT_SCALE = 100.0
+_ITM_SEED_STRIDE = 1_000_003
+
+
+class GKMVLP(nn.Module):
+    """The GK-MVLP model; ``config`` is a resolved model config (see ``models/configs``)."""
+
+    def __init__(self, config: DictConfig | dict, vocab_size: int | None = None):
+        super().__init__()
+        self.config = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(config)))
+        cfg = self.config
+        vocab_size = int(vocab_size or cfg.text.vocab_size)
+        self.vocab_size = vocab_size
+        self.loss_weights = {name: float(cfg.losses[name]) for name in LOSS_NAMES}
+        self.seed = 0
+
+        self.image_encoder = ImageEncoder(cfg.image)
+        self.text_encoder = TextEncoder(cfg.text, vocab_size)
+        text_width, vision_width = self.text_encoder.width, self.image_encoder.width
+        self.image_report_encoder = ImageReportEncoder(
+            cfg.text, int(cfg.image_report_encoder.layers)
+        )
+        self.decoder = ReportDecoder(cfg.text, int(cfg.decoder.layers), vocab_size)
+        self.image_to_text = nn.Linear(vision_width, text_width)
+        embed_dim = int(cfg.embed_dim)
+        self.image_proj = nn.Linear(vision_width, embed_dim)
+        self.text_proj = nn.Linear(text_width, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.losses.temperature)))
+
+        self.gk = None
+        if cfg.gk.enabled:
+            self.gk = GroundedKnowledge(
+                cfg.gk,
+                vision_width,
+                text_width,
+                self.image_encoder.grid,
+                self.image_encoder.image_size,
+            )
+        self.ecls_image_proj = self.ecls_entity_proj = self.ecls_logit_scale = None
+        if self.loss_weights["ecls"] > 0:
+            self.ecls_image_proj = nn.Linear(vision_width, embed_dim)
+            self.ecls_entity_proj = nn.Linear(text_width, embed_dim)
+            self.ecls_logit_scale = nn.Parameter(
+                torch.tensor(math.log(1.0 / cfg.losses.ecls_temperature))
+            )
+        # Knowledge prompts, tokenised by the recipe's tokenizer (set_knowledge_prompts).
+        for name in ("entity_ids", "entity_mask", "position_ids", "position_mask"):
+            self.register_buffer(name, torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        self.entity_names: list[str] = []
+
+        self.queue_size = int(cfg.losses.queue_size)
+        if self.queue_size > 0:
+            self._build_momentum(embed_dim)
+
+    # ---- setup ------------------------------------------------------------------------------
+    def set_knowledge_prompts(
+        self,
+        entity_names: list[str],
+        entity_tokens: tuple[torch.Tensor, torch.Tensor],
+        position_tokens: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        """The entity prompts (queries, ECLS classes) and the region position prompts."""
+        device = self.logit_scale.device
+        self.entity_names = list(entity_names)
+        self.entity_ids, self.entity_mask = (t.to(device) for t in entity_tokens)
+        self.position_ids, self.position_mask = (t.to(device) for t in position_tokens)
+
+    def _build_momentum(self, embed_dim: int) -> None:
+        self.momentum = float(self.config.losses.momentum)
+        self.image_encoder_m = copy.deepcopy(self.image_encoder)
+        self.image_proj_m = copy.deepcopy(self.image_proj)
+        self.text_encoder_m = copy.deepcopy(self.text_encoder)
+        self.text_proj_m = copy.deepcopy(self.text_proj)
+        for module in self._momentum_pairs():
+            for parameter in module[1].parameters():
+                parameter.requires_grad_(False)
+        self.register_buffer(
+            "image_queue", F.normalize(torch.randn(self.queue_size, embed_dim), dim=1)
+        )
+        self.register_buffer(
+            "text_queue", F.normalize(torch.randn(self.queue_size, embed_dim), dim=1)
+        )
+        # Queue entries start with ids no study has, so they are negatives until replaced.
+        self.register_buffer("id_queue", torch.full((self.queue_size,), -1, dtype=torch.long))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+
+    def _momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [
+            (self.image_encoder, self.image_encoder_m),
+            (self.image_proj, self.image_proj_m),
+            (self.text_encoder, self.text_encoder_m),
+            (self.text_proj, self.text_proj_m),
+        ]
+
+    # ---- encoders ---------------------------------------------------------------------------
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, text width) report hidden states."""
+        return self.text_encoder(input_ids, attention_mask)
+
+    def text_embedding(self, text_hidden: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text_hidden[:, 0]).float(), dim=-1)
+
+    def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[CLS] states of the entity prompts (E, width) and position prompts (R, width)."""
+        if self.entity_ids.numel() == 0:
+            raise RuntimeError(
+                "knowledge prompts are not set: call cxrvlp.recipes.batch.attach_prompts("
+                "model, tokenizer) (pre-training and load_pretrained do this)"
+            )
+        entities = self.text_encoder(self.entity_ids, self.entity_mask)[:, 0]
+        positions = None
+        if self.gk is not None and self.gk.with_position:
+            positions = self.text_encoder(self.position_ids, self.position_mask)[:, 0]
+        return entities, positions
+
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+        entities: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> ImageFeatures:
+        """ITC embedding, the tokens the report towers attend to, and the GK result."""
+        vit_tokens = self.image_encoder(images)
+        embedding = F.normalize(self.image_proj(vit_tokens[:, 0]).float(), dim=-1)
+        grounding = None
+        tokens = vit_tokens
+        if self.gk is not None:
+            if entities is None:
+                entities, positions = self.prompt_embeddings()
+            grounding = self.gk(
+                self.image_encoder.patch_grid(vit_tokens), entities, boxes, positions
+            )
+            tokens = torch.cat([vit_tokens, grounding.z_fused], dim=1)
+        return ImageFeatures(
+            embedding=embedding,
+            tokens=self.image_to_text(tokens),
+            vit_tokens=vit_tokens,
+            grounding=grounding,
+        )
+
+    def entity_scores(self, features: ImageFeatures, entities: torch.Tensor) -> torch.Tensor:
+        """ECLS scores (B, E): grounded entity vectors (or the image embedding without the GK
+        module) against the entity-prompt embeddings."""
+        if self.ecls_image_proj is None:
+            raise RuntimeError("this model was built without ECLS (losses.ecls=0)")
+        if features.grounding is not None:
+            image_side = F.normalize(
+                self.ecls_image_proj(features.grounding.z_local).float(), dim=-1
+            )
+        else:
+            cls = self.ecls_image_proj(features.vit_tokens[:, 0])
+            image_side = F.normalize(cls.float(), dim=-1)[:, None]
+        entity_side = F.normalize(self.ecls_entity_proj(entities).float(), dim=-1)
+        scale = self.ecls_logit_scale.exp().clamp(max=_MAX_LOGIT_SCALE)
+        return scale * (image_side * entity_side[None]).sum(dim=-1)
+
+    def itm_logits(
+        self, text_hidden: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        fused, _ = self.image_report_encoder(text_hidden, attention_mask, image_tokens)
+        return self.image_report_encoder.itm_head(fused[:, 0])
+
+    # ---- training ---------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> PretrainOutput:
+        input_ids, attention_mask = _pad_to_global_length(
+            batch["input_ids"], batch["attention_mask"]
+        )
+        entities, positions = self.prompt_embeddings()
+        image = self.encode_image(batch["image"], batch.get("boxes"), entities, positions)
+        text_hidden = self.encode_text(input_ids, attention_mask)
+        text_embedding = self.text_embedding(text_hidden)
+        study_key = batch["study_key"]
+
+        losses: dict[str, torch.Tensor] = {}
+        image_all, offset = distributed.gather_with_grad(image.embedding)
+        text_all, _ = distributed.gather_with_grad(text_embedding)
+        study_all = distributed.gather_no_grad(study_key)
+        if self.loss_weights["itc"] > 0:
+            losses["itc"] = self._itc(image, text_embedding, image_all, text_all, batch, study_all)
+        if self.loss_weights["itm"] > 0:
+            losses["itm"] = self._itm(
+                image, text_hidden, attention_mask, image_all, text_all, batch, study_all, offset
+            )
+        if self.loss_weights["lm"] > 0:
+            logits = self.decoder(input_ids, attention_mask, image.tokens)
+            total, count = lm_loss_terms(logits, input_ids, attention_mask)
+            losses["lm"] = distributed.global_mean(total, count)
+        if self.loss_weights["ecls"] > 0:
+            scores = self.entity_scores(image, entities)
+            total, count = ecls_loss_terms(scores, batch["entity_targets"], batch["entity_valid"])
+            losses["ecls"] = distributed.global_mean(total, count)
+        loss = sum(self.loss_weights[name] * value for name, value in losses.items())
+        return PretrainOutput(
+            loss=loss, losses={name: value.detach() for name, value in losses.items()}
+        )
+
+    def _itc(self, image, text_embedding, image_all, text_all, batch, study_all) -> torch.Tensor:
+        scale = self.logit_scale.exp().clamp(max=_MAX_LOGIT_SCALE)
+        study_key = batch["study_key"]
+        if self.queue_size > 0:
+            image_keys, text_keys, key_ids = self._momentum_keys(batch, study_all)
+        else:
+            image_keys, text_keys, key_ids = image_all, text_all, study_all
+        image_to_text = contrastive_loss_terms(
+            image.embedding, text_keys, study_key, key_ids, scale
+        )
+        text_to_image = contrastive_loss_terms(
+            text_embedding, image_keys, study_key, key_ids, scale
+        )
+        total = (image_to_text.sum() + text_to_image.sum()) / 2
+        return distributed.global_mean(total, len(study_key))
+
+    @torch.no_grad()
+    def _momentum_keys(self, batch, study_all):
+        """Momentum-encoder features of the global batch followed by the queue."""
+        if self.training:
+            for online, momentum in self._momentum_pairs():
+                for p, p_m in zip(online.parameters(), momentum.parameters(), strict=True):
+                    p_m.mul_(self.momentum).add_(p.detach(), alpha=1.0 - self.momentum)
+        image_m = F.normalize(
+            self.image_proj_m(self.image_encoder_m(batch["image"])[:, 0]).float(), dim=-1
+        )
+        text_hidden_m = self.text_encoder_m(batch["input_ids"], batch["attention_mask"])
+        text_m = F.normalize(self.text_proj_m(text_hidden_m[:, 0]).float(), dim=-1)
+        image_m, text_m = distributed.gather_no_grad(image_m), distributed.gather_no_grad(text_m)
+        image_keys = torch.cat([image_m, self.image_queue])
+        text_keys = torch.cat([text_m, self.text_queue])
+        key_ids = torch.cat([study_all, self.id_queue])
+        if self.training:
+            self._enqueue(image_m, text_m, study_all)
+        return image_keys, text_keys, key_ids
+
+    @torch.no_grad()
+    def _enqueue(self, image_m, text_m, ids) -> None:
+        count = min(len(ids), self.queue_size)
+        start = int(self.queue_pointer)
+        slots = (torch.arange(count, device=ids.device) + start) % self.queue_size
+        self.image_queue[slots] = image_m[:count]
+        self.text_queue[slots] = text_m[:count]
+        self.id_queue[slots] = ids[:count]
+        self.queue_pointer.fill_((start + count) % self.queue_size)
+
+    def _itm(
+        self, image, text_hidden, attention_mask, image_all, text_all, batch, study_all, offset
+    ) -> torch.Tensor:
+        local = len(text_hidden)
+        report_all = distributed.gather_no_grad(batch["report_key"])
+        with torch.no_grad():
+            forbidden = (study_all[:, None] == study_all[None, :]) | (
+                report_all[:, None] == report_all[None, :]
+            )
+            similarity = image_all.detach() @ text_all.detach().T
+            generator = torch.Generator().manual_seed(
+                self.seed * _ITM_SEED_STRIDE + int(batch.get("step", 0))
+            )
+            # Drawn for the whole global batch on every process: the same draws whatever the
+            # number of processes, then each keeps its own rows.
+            negative_text, valid_text = sample_hard_negatives(similarity, forbidden, generator)
+            negative_image, valid_image = sample_hard_negatives(similarity.T, forbidden, generator)
+        rows = slice(offset, offset + local)
+        negative_text, valid_text = negative_text[rows], valid_text[rows]
+        negative_image, valid_image = negative_image[rows], valid_image[rows]
+
+        tokens_all, _ = distributed.gather_with_grad(image.tokens)
+        hidden_all, _ = distributed.gather_with_grad(text_hidden)
+        mask_all = distributed.gather_no_grad(attention_mask)
+        text_batch = torch.cat([text_hidden, hidden_all[negative_text], text_hidden])
+        mask_batch = torch.cat([attention_mask, mask_all[negative_text], attention_mask])
+        image_batch = torch.cat([image.tokens, image.tokens, tokens_all[negative_image]])
+        keep = torch.cat([torch.ones_like(valid_text), valid_text, valid_image])
+        labels = torch.cat(
+            [torch.ones(local, dtype=torch.long), torch.zeros(2 * local, dtype=torch.long)]
+        ).to(keep.device)
+        logits = self.itm_logits(text_batch[keep], mask_batch[keep], image_batch[keep])
+        total = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+        return distributed.global_mean(total, int(keep.sum()))
+
+
+def _pad_to_global_length(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad the reports to the longest of the global batch, so processes can gather them."""
+    length = distributed.all_reduce_max(input_ids.shape[1], input_ids.device)
+    missing = length - input_ids.shape[1]
+    if missing == 0:
+        return input_ids, attention_mask
+    return F.pad(input_ids, (0, missing)), F.pad(attention_mask, (0, missing))
