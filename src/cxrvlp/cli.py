@@ -8,9 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from cxrvlp import __version__
+from cxrvlp import export as export_command
+from cxrvlp import pretrain as pretrain_command
 from cxrvlp.data import command as data_command
 from cxrvlp.detector import command as detector_command
+from cxrvlp.models import command as models_command
 from cxrvlp.synth import command as synth_command
+from cxrvlp.tasks import command as evaluate_command
 from cxrvlp.text import command as text_command
 
 COMMANDS = {
@@ -18,6 +22,10 @@ COMMANDS = {
     "data": data_command,
     "text": text_command,
     "detector": detector_command,
+    "models": models_command,
+    "pretrain": pretrain_command,
+    "export": export_command,
+    "evaluate": evaluate_command,
 }
 
 

@@ -24,6 +24,9 @@ class ImageEncoder(nn.Module):
         self.patch_size = int(cfg["patch_size"])
         self.grid = self.image_size // self.patch_size
         self.width = int(cfg["width"])
+        self.pool = str(cfg.get("pool", "token"))
+        if self.pool not in ("token", "avg"):
+            raise ValueError(f"image.pool must be 'token' or 'avg', got {self.pool!r}")
         self.vit = VisionTransformer(
             img_size=self.image_size,
             patch_size=self.patch_size,
@@ -38,6 +41,10 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_features(images)
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The global image vector: the CLS token, or the mean patch token (``pool: avg``)."""
+        return tokens[:, 1:].mean(dim=1) if self.pool == "avg" else tokens[:, 0]
 
     def patch_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens (B, 1 + G*G, D) as a (B, D, G, G) feature map."""

@@ -133,8 +133,15 @@ class GKMVLP(nn.Module):
         """(B, L, text width) report hidden states."""
         return self.text_encoder(input_ids, attention_mask)
 
-    def text_embedding(self, text_hidden: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(text_hidden[:, 0]).float(), dim=-1)
+    def text_embedding(
+        self, text_hidden: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """ITC embedding of a report: the masked mean of its hidden states, projected.
+
+        A mean rather than [CLS]: a BERT trained from scratch starts with almost the same
+        [CLS] state for every report, from which contrastive training does not escape.
+        """
+        return F.normalize(self.text_proj(masked_mean(text_hidden, attention_mask)).float(), dim=-1)
 
     def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[CLS] states of the entity prompts (E, width) and position prompts (R, width)."""
@@ -158,7 +165,9 @@ class GKMVLP(nn.Module):
     ) -> ImageFeatures:
         """ITC embedding, the tokens the report towers attend to, and the GK result."""
         vit_tokens = self.image_encoder(images)
-        embedding = F.normalize(self.image_proj(vit_tokens[:, 0]).float(), dim=-1)
+        embedding = F.normalize(
+            self.image_proj(self.image_encoder.pooled(vit_tokens)).float(), dim=-1
+        )
         grounding = None
         tokens = vit_tokens
         if self.gk is not None:
@@ -185,7 +194,7 @@ class GKMVLP(nn.Module):
                 self.ecls_image_proj(features.grounding.z_local).float(), dim=-1
             )
         else:
-            cls = self.ecls_image_proj(features.vit_tokens[:, 0])
+            cls = self.ecls_image_proj(self.image_encoder.pooled(features.vit_tokens))
             image_side = F.normalize(cls.float(), dim=-1)[:, None]
         entity_side = F.normalize(self.ecls_entity_proj(entities).float(), dim=-1)
         scale = self.ecls_logit_scale.exp().clamp(max=_MAX_LOGIT_SCALE)
@@ -205,7 +214,7 @@ class GKMVLP(nn.Module):
         entities, positions = self.prompt_embeddings()
         image = self.encode_image(batch["image"], batch.get("boxes"), entities, positions)
         text_hidden = self.encode_text(input_ids, attention_mask)
-        text_embedding = self.text_embedding(text_hidden)
+        text_embedding = self.text_embedding(text_hidden, attention_mask)
         study_key = batch["study_key"]
 
         losses: dict[str, torch.Tensor] = {}
@@ -254,11 +263,13 @@ class GKMVLP(nn.Module):
             for online, momentum in self._momentum_pairs():
                 for p, p_m in zip(online.parameters(), momentum.parameters(), strict=True):
                     p_m.mul_(self.momentum).add_(p.detach(), alpha=1.0 - self.momentum)
+        tokens_m = self.image_encoder_m(batch["image"])
         image_m = F.normalize(
-            self.image_proj_m(self.image_encoder_m(batch["image"])[:, 0]).float(), dim=-1
+            self.image_proj_m(self.image_encoder_m.pooled(tokens_m)).float(), dim=-1
         )
         text_hidden_m = self.text_encoder_m(batch["input_ids"], batch["attention_mask"])
-        text_m = F.normalize(self.text_proj_m(text_hidden_m[:, 0]).float(), dim=-1)
+        pooled_m = masked_mean(text_hidden_m, batch["attention_mask"])
+        text_m = F.normalize(self.text_proj_m(pooled_m).float(), dim=-1)
         image_m, text_m = distributed.gather_no_grad(image_m), distributed.gather_no_grad(text_m)
         image_keys = torch.cat([image_m, self.image_queue])
         text_keys = torch.cat([text_m, self.text_queue])
@@ -311,6 +322,11 @@ class GKMVLP(nn.Module):
         logits = self.itm_logits(text_batch[keep], mask_batch[keep], image_batch[keep])
         total = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
         return distributed.global_mean(total, int(keep.sum()))
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    weights = attention_mask[..., None].to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def _pad_to_global_length(

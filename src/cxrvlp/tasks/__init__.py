@@ -1,0 +1,1 @@
+"""Downstream tasks and evaluations of a pre-trained model."""

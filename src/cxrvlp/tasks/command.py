@@ -1,0 +1,142 @@
+"""`cxrvlp evaluate`: evaluations of a pre-trained bundle on held-out pre-training pairs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+DESCRIPTION = """Evaluate a pre-trained model bundle (`cxrvlp export`) on a held-out split.
+
+  retrieval  image<->report Recall@1/5/10 (reports of the same study count as hits), + chance
+  entities   entity presence from the ECLS scores: AUROC per entity against the report labels
+  grounding  pointing game of the GK attention (and of the image-report cross-attention)
+             against the regions Chest ImaGenome links each positive finding to
+
+  cxrvlp evaluate retrieval --pretrained MODEL --root WORLD --out RUN
+Each writes RUN/results.json (and prints a summary).
+"""
+
+TASKS = ("retrieval", "entities", "grounding")
+RESULTS_FILE = "results.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=TASKS)
+    parser.add_argument("--pretrained", type=Path, required=True, help="model bundle folder")
+    parser.add_argument("--root", type=Path, required=True, help="pre-training root")
+    parser.add_argument("--split", default="test", choices=("train", "validate", "test"))
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.json")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--quiet", action="store_true")
+
+
+def evaluate(
+    task: str,
+    pretrained_dir: Path,
+    root: Path,
+    split: str = "test",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from cxrvlp.export import load_pretrained
+    from cxrvlp.tasks.encode import encode_split
+
+    pretrained = load_pretrained(pretrained_dir)
+    encoded = encode_split(
+        pretrained,
+        str(root),
+        split=split,
+        batch_size=batch_size,
+        keep_images=task == "grounding",
+        progress=progress,
+    )
+    results: dict[str, Any] = {"task": task, "split": split, "model": str(pretrained_dir)}
+    if task == "retrieval":
+        from cxrvlp.tasks.retrieval import retrieval_metrics
+
+        results |= retrieval_metrics(
+            encoded.image_embeddings, encoded.text_embeddings, encoded.study_keys
+        )
+    elif task == "entities":
+        from cxrvlp.tasks.entities import entity_auroc
+
+        if encoded.entity_scores is None:
+            raise SystemExit(f"{pretrained_dir} was pre-trained without ECLS: no entity scores")
+        results |= entity_auroc(
+            encoded.entity_scores, encoded.entity_targets, encoded.entity_valid,
+            encoded.entity_names,
+        )  # fmt: skip
+    else:
+        results |= grounding_results(pretrained, encoded, batch_size, progress)
+    return results
+
+
+def grounding_results(pretrained, encoded, batch_size: int, progress: bool) -> dict[str, Any]:
+    from cxrvlp.recipes.batch import tokenize
+    from cxrvlp.tasks.grounding import itm_attention_map, pointing_game, region_density_map
+
+    model = pretrained.model
+    size = model.image_encoder.image_size
+    patch = model.image_encoder.patch_size
+    results: dict[str, Any] = {}
+    if encoded.attention is not None:
+        if encoded.attends_to == "regions":
+
+            def gk_heat(image: int, entity: int):
+                attention = encoded.attention[image, entity]
+                return region_density_map(attention, encoded.boxes[image], size, 4), 4
+
+        else:
+
+            def gk_heat(image: int, entity: int):
+                grid = model.image_encoder.grid
+                return encoded.attention[image, entity].reshape(grid, grid), patch
+
+        results["gk_attention"] = pointing_game(
+            gk_heat, encoded.finding_regions, encoded.boxes, encoded.entity_names, size
+        )
+    # Cross-attention of the image-report encoder from each present finding's name.
+    wanted = sorted({f for regions in encoded.finding_regions for f in regions})
+    wanted = [name for name in wanted if name in encoded.entity_names]
+    maps: dict[tuple[int, str], torch.Tensor] = {}
+    max_length = int(pretrained.config.text.max_length)
+    for name in tqdm(wanted, desc="cross-attention maps", disable=not progress):
+        rows = [i for i, regions in enumerate(encoded.finding_regions) if name in regions]
+        ids, mask = tokenize(pretrained.tokenizer, [name], max_length)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            heat = itm_attention_map(model, encoded.images[chunk], encoded.boxes[chunk], ids, mask)
+            for row, image_heat in zip(chunk, heat, strict=True):
+                maps[(row, name)] = image_heat
+    names = encoded.entity_names
+    results["itm_cross_attention"] = pointing_game(
+        lambda image, entity: (maps[(image, names[entity])], patch),
+        encoded.finding_regions,
+        encoded.boxes,
+        names,
+        size,
+    )
+    primary = results.get("gk_attention", results["itm_cross_attention"])
+    results["pointing_game"] = primary["pointing_game"]
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    results = evaluate(
+        args.task, args.pretrained, args.root, args.split, args.batch_size, not args.quiet
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    headline = {
+        key: value
+        for key, value in results.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    print(f"evaluate {args.task}: " + ", ".join(f"{k} {v:.4g}" for k, v in headline.items()))
+    print(f"results: {args.out / RESULTS_FILE}")
+    return 0

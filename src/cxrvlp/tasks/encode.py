@@ -1,0 +1,139 @@
+"""Encode a split of pre-training pairs once with a loaded bundle: image and report
+embeddings, ECLS entity scores, GK attention, region boxes and the per-image truth the
+evaluations compare against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrvlp.data.pretraining import pretraining_dataset
+from cxrvlp.export import Pretrained
+from cxrvlp.recipes.batch import PretrainCollator, tokenize
+
+_YES = "yes"
+
+
+@dataclass
+class EncodedSplit:
+    """Everything the pre-training evaluations need, in dataset order (N images)."""
+
+    image_ids: list[str]
+    study_keys: torch.Tensor  # (N,)
+    image_embeddings: torch.Tensor  # (N, D)
+    text_embeddings: torch.Tensor  # (N, D), each image's own report
+    entity_names: list[str]
+    entity_scores: torch.Tensor | None  # (N, E) ECLS scores
+    entity_targets: torch.Tensor  # (N, E) 1 present / 0 absent (report parse)
+    entity_valid: torch.Tensor  # (N, E) bool
+    boxes: torch.Tensor  # (N, 29, 4) in model-input pixels
+    attention: torch.Tensor | None  # (N, E, K) GK attention
+    attends_to: str = ""
+    finding_regions: list[dict[str, set[str]]] = field(default_factory=list)
+    images: torch.Tensor | None = None  # (N, C, S, S), kept only when asked
+
+
+def finding_regions_of(region_phrases: dict) -> dict[str, set[str]]:
+    """Chest ImaGenome attributes -> {finding: regions stated positive ("...|yes|finding")}."""
+    found: dict[str, set[str]] = {}
+    for region, pairs in region_phrases.items():
+        for _, attributes in pairs:
+            for attribute in attributes:
+                parts = attribute.split("|")
+                if len(parts) == 3 and parts[1] == _YES:
+                    found.setdefault(parts[2], set()).add(region)
+    return found
+
+
+@torch.no_grad()
+def encode_split(
+    pretrained: Pretrained,
+    root: str,
+    split: str = "test",
+    boxes: str | None = "imagenome",
+    batch_size: int = 32,
+    keep_images: bool = False,
+    progress: bool = True,
+) -> EncodedSplit:
+    model = pretrained.model
+    dataset = pretraining_dataset(root, split=split, boxes=boxes, transform=pretrained.transform)
+    regions_by_image = _imagenome_findings(root, boxes)
+    max_length = int(pretrained.config.text.max_length)
+    collate = PretrainCollator(pretrained.tokenizer, max_length)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    device = next(model.parameters()).device
+    entities, positions = model.prompt_embeddings()
+    parts: dict[str, list[torch.Tensor]] = {}
+    image_ids: list[str] = []
+    attends_to = ""
+    for batch in tqdm(loader, desc=f"encode {split}", unit="batch", disable=not progress):
+        if "image" not in batch:
+            continue
+        images = batch["image"].to(device)
+        batch_boxes = batch["boxes"].to(device)
+        features = model.encode_image(images, batch_boxes, entities, positions)
+        text_mask = batch["attention_mask"].to(device)
+        hidden = model.encode_text(batch["input_ids"].to(device), text_mask)
+        values = {
+            "image_embeddings": features.embedding,
+            "text_embeddings": model.text_embedding(hidden, text_mask),
+            "study_keys": batch["study_key"],
+            "entity_targets": batch["entity_targets"],
+            "entity_valid": batch["entity_valid"],
+            "boxes": batch["boxes"],
+        }
+        if model.ecls_image_proj is not None:
+            values["entity_scores"] = model.entity_scores(features, entities)
+        if features.grounding is not None:
+            values["attention"] = features.grounding.attention
+            attends_to = features.grounding.attends_to
+        if keep_images:
+            values["images"] = batch["image"]
+        for key, value in values.items():
+            parts.setdefault(key, []).append(value.detach().cpu())
+        image_ids.extend(batch["image_id"])
+    stacked = {key: torch.cat(value) for key, value in parts.items()}
+    return EncodedSplit(
+        image_ids=image_ids,
+        study_keys=stacked["study_keys"],
+        image_embeddings=stacked["image_embeddings"],
+        text_embeddings=stacked["text_embeddings"],
+        entity_names=list(model.entity_names),
+        entity_scores=stacked.get("entity_scores"),
+        entity_targets=stacked["entity_targets"],
+        entity_valid=stacked["entity_valid"],
+        boxes=stacked["boxes"],
+        attention=stacked.get("attention"),
+        attends_to=attends_to,
+        finding_regions=[regions_by_image.get(image_id, {}) for image_id in image_ids],
+        images=stacked.get("images"),
+    )
+
+
+def _imagenome_findings(root: str, boxes: str | None) -> dict[str, dict[str, set[str]]]:
+    """image_id -> finding -> positive regions, from Chest ImaGenome when it is there."""
+    from pathlib import Path
+
+    from cxrvlp.data.pretraining import IMAGENOME_FOLDER, IMAGENOME_SPLITS, MIMIC_FOLDER
+    from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
+
+    folder = Path(root) / IMAGENOME_FOLDER
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for split in IMAGENOME_SPLITS:
+        reader = ChestImaGenomeDataset(
+            folder, images=Path(root) / MIMIC_FOLDER, split=split, labels_only=True
+        )
+        for record in reader.records:
+            found[record.image_id] = finding_regions_of(record.extra.get("region_phrases", {}))
+    return found
+
+
+def text_queries(pretrained: Pretrained, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = tokenize(pretrained.tokenizer, texts, int(pretrained.config.text.max_length))
+    device = next(pretrained.model.parameters()).device
+    return ids.to(device), mask.to(device)

@@ -1,0 +1,126 @@
+"""Grounding: where a model looks for a finding against the regions the finding is in.
+
+Pointing game: a finding of an image counts as a hit when the peak of the model's map lies
+inside one of the true regions' boxes. Maps: the GK module's entity-to-region attention
+(each region's attention spread uniformly over its box), the GK attention over patches (no
+region features), or, for any model, the image-report encoder's cross-attention from the
+entity name to the patch tokens (the only map a model without the GK module has).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+
+REGION_INDEX = {name: index for index, name in enumerate(CHEST_IMAGENOME_REGIONS)}
+
+
+def region_density_map(
+    attention: torch.Tensor, boxes: torch.Tensor, size: int, cell: int
+) -> torch.Tensor:
+    """(size/cell)^2 map: each region's attention divided evenly over the cells of its box."""
+    cells = size // cell
+    centres = (torch.arange(cells, dtype=torch.float32) + 0.5) * cell
+    ys, xs = centres[:, None], centres[None, :]
+    heat = torch.zeros(cells, cells)
+    for weight, box in zip(attention.tolist(), boxes, strict=True):
+        if not bool(torch.isfinite(box).all()):
+            continue
+        x1, y1, x2, y2 = box.tolist()
+        inside = (xs >= x1) & (xs <= x2) & (ys >= y1) & (ys <= y2)
+        area = int(inside.sum())
+        if area:
+            heat += inside.float() * (weight / area)
+    return heat
+
+
+def peak_point(heat: torch.Tensor, cell: float) -> tuple[float, float]:
+    """Centre (x, y), in pixels, of the highest cell of a square map of ``cell``-pixel cells."""
+    index = int(heat.flatten().argmax())
+    row, column = divmod(index, heat.shape[1])
+    return (column + 0.5) * cell, (row + 0.5) * cell
+
+
+def inside_any(point: tuple[float, float], boxes: list[torch.Tensor]) -> bool:
+    x, y = point
+    return any(
+        bool(torch.isfinite(box).all()) and box[0] <= x <= box[2] and box[1] <= y <= box[3]
+        for box in boxes
+    )
+
+
+def pointing_game(
+    heat_of: callable,
+    findings: list[dict[str, set[str]]],
+    boxes: torch.Tensor,
+    entity_names: list[str],
+    image_size: int,
+) -> dict:
+    """Hit rate over (image, present finding) pairs; ``heat_of(i, e)`` gives (map, cell px).
+
+    Also the hit rate of a uniformly random point (the share of the image the true regions
+    cover), so a figure can be read against chance.
+    """
+    entity_index = {name: index for index, name in enumerate(entity_names)}
+    hits = pairs = 0
+    chance = 0.0
+    per_entity: dict[str, list[int]] = {}
+    grid = torch.arange(0, image_size, 4, dtype=torch.float32) + 2.0
+    for image, regions_of in enumerate(findings):
+        for finding, regions in regions_of.items():
+            column = entity_index.get(finding)
+            true_boxes = [boxes[image, REGION_INDEX[r]] for r in regions if r in REGION_INDEX]
+            if column is None or not true_boxes:
+                continue
+            heat, cell = heat_of(image, column)
+            hit = inside_any(peak_point(heat, cell), true_boxes)
+            hits += hit
+            pairs += 1
+            covered = torch.zeros(len(grid), len(grid), dtype=torch.bool)
+            for box in true_boxes:
+                if bool(torch.isfinite(box).all()):
+                    covered |= (
+                        (grid[None, :] >= box[0])
+                        & (grid[None, :] <= box[2])
+                        & (grid[:, None] >= box[1])
+                        & (grid[:, None] <= box[3])
+                    )
+            chance += float(covered.float().mean())
+            counts = per_entity.setdefault(finding, [0, 0])
+            counts[0] += hit
+            counts[1] += 1
+    return {
+        "pointing_game": hits / pairs if pairs else None,
+        "pairs": pairs,
+        "chance": chance / pairs if pairs else None,
+        "per_entity": {
+            name: {"hits": h, "pairs": n} for name, (h, n) in sorted(per_entity.items())
+        },
+    }
+
+
+@torch.no_grad()
+def itm_attention_map(
+    model,
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+) -> torch.Tensor:
+    """(B, G, G) cross-attention of the image-report encoder's last layer from the text's word
+    tokens ([CLS]/[SEP] left out) to the patch tokens, heads averaged."""
+    features = model.encode_image(images, boxes)
+    batch = len(images)
+    ids, mask = text_ids.expand(batch, -1), text_mask.expand(batch, -1)
+    hidden = model.encode_text(ids, mask)
+    _, maps = model.image_report_encoder(hidden, mask, features.tokens, return_attention=True)
+    last = maps[-1].mean(dim=1)  # (B, L, T)
+    words = mask.clone()
+    words[:, 0] = 0
+    lengths = mask.sum(dim=1)
+    words[torch.arange(batch), lengths - 1] = 0
+    weights = words.float() / words.sum(dim=1, keepdim=True).clamp(min=1)
+    per_token = (last * weights[:, :, None]).sum(dim=1)
+    grid = model.image_encoder.grid
+    return per_token[:, 1 : 1 + grid * grid].reshape(batch, grid, grid)

@@ -1,0 +1,226 @@
+"""`cxrvlp pretrain` end to end on a tiny synthetic world, on the CPU: the run folder,
+2-process gloo == 1 process, SIGKILL + --resume latest == uninterrupted, export -> load."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxrvlp.cli import main
+from cxrvlp.engine.checkpoint import CheckpointManager
+
+MICRO = [
+    "model.embed_dim=16",
+    "model.image.image_size=64",
+    "model.image.width=32",
+    "model.image.depth=1",
+    "model.image.heads=2",
+    "model.text.vocab_size=300",
+    "model.text.width=32",
+    "model.text.layers=1",
+    "model.text.heads=2",
+    "model.text.intermediate=64",
+    "model.text.max_length=64",
+    "model.image_report_encoder.layers=1",
+    "model.decoder.layers=1",
+    "model.gk.layers=1",
+    "model.gk.heads=2",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.lr=1e-3",
+    "train.threads=1",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    argv = ["synth", "--out", str(out), "--studies", "24", "--image-size", "96"]
+    assert main([*argv, "--cohorts", "mimic", "--quiet", "--workers", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(world, tmp_path_factory) -> str:
+    """One vocabulary for runs that are compared: the tokenizers library's WordPiece trainer
+    breaks frequency ties differently in every process."""
+    out = tmp_path_factory.mktemp("tokenizer")
+    argv = ["text", "tokenizer", "--corpus", str(world), "--out", str(out), "--vocab-size", "300"]
+    assert main(argv) == 0
+    return f"model.text.tokenizer={out}"
+
+
+def _pretrain_argv(world: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        "pretrain", "--data", str(world), "--out", str(out), "--max-steps", str(steps),
+        "--quiet", *MICRO, *extra,
+    ]  # fmt: skip
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(CheckpointManager(run).latest() / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    assert main(_pretrain_argv(world, run, 6, "train.batch_size=4")) == 0
+    return run
+
+
+def test_run_folder_holds_config_metrics_events_checkpoint_and_tokenizer(trained):
+    rows = _metrics(trained)
+    assert [row["step"] for row in rows] == list(range(1, 7))
+    for row in rows:
+        for name in ("loss_itc", "loss_itm", "loss_lm", "loss_ecls", "lr", "samples_per_s"):
+            assert name in row and row[name] == row[name]  # present and not NaN
+        weighted = row["loss_itc"] + row["loss_itm"] + row["loss_lm"] + row["loss_ecls"]
+        assert row["loss"] == pytest.approx(weighted, rel=1e-5)
+    assert "model:" in (trained / "config.yaml").read_text()
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    assert CheckpointManager(trained).latest().name == "step_00000006"
+    assert (trained / "tokenizer" / "vocab.txt").is_file()
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["skipped_samples"] == 0
+
+
+def test_a_finished_run_is_not_overwritten(world, trained):
+    with pytest.raises(SystemExit, match="--resume latest"):
+        main(_pretrain_argv(world, trained, 6))
+
+
+def test_unknown_override_is_an_error(world, tmp_path):
+    with pytest.raises(KeyError, match=r"gk\.enabeld"):
+        main(_pretrain_argv(world, tmp_path / "run", 1, "model.gk.enabeld=false"))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _cli(argv: list[str], processes: int = 1) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "cxrvlp.cli", *argv]
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "-m", "cxrvlp.cli", *argv,
+    ]  # fmt: skip
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_two_gloo_processes_give_the_loss_sequence_of_one(world, tokenizer, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert main(_pretrain_argv(world, single, 4, "train.batch_size=4", tokenizer)) == 0
+    result = subprocess.run(
+        _cli(_pretrain_argv(world, double, 4, "train.batch_size=2", tokenizer), processes=2),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _metrics(single), _metrics(double)
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two, strict=True):
+        for name in ("loss", "loss_itc", "loss_itm", "loss_lm", "loss_ecls"):
+            assert b[name] == pytest.approx(a[name], rel=1e-5), (a["step"], name)
+    summary = json.loads((double / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    # Reduction order differs between 1 and 2 processes; Adam turns the rounding of near-zero
+    # gradients into steps of up to lr, so weights agree to 1e-4 (4 steps at lr 1e-3 move
+    # them by up to 4e-3).
+    weights_two = _final_weights(double)
+    for name, tensor in _final_weights(single).items():
+        assert torch.allclose(tensor, weights_two[name], rtol=0, atol=1e-4), name
+
+
+def test_sigkill_then_resume_latest_ends_with_the_uninterrupted_weights(world, tokenizer, tmp_path):
+    steps = ["train.batch_size=4", "train.checkpoint_every=4", tokenizer]
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    assert main(_pretrain_argv(world, uninterrupted, 40, *steps)) == 0
+
+    process = subprocess.Popen(
+        _cli(_pretrain_argv(world, killed, 40, *steps)),
+        env=_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = killed / "checkpoints" / "step_00000008" / "meta.json"
+    deadline = time.monotonic() + 240
+    while not marker.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.is_file(), "the run ended before its step-8 checkpoint"
+    stopped_at = CheckpointManager(killed).latest().name
+    assert stopped_at != "step_00000040", "killed too late to test a resume"
+
+    assert main(["pretrain", "--out", str(killed), "--resume", "latest", "--quiet"]) == 0
+    expected, resumed = _final_weights(uninterrupted), _final_weights(killed)
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, resumed[name]), name
+    rows = _metrics(killed)
+    assert [row["step"] for row in rows] == list(range(1, 41))
+    assert [row["loss"] for row in rows] == [row["loss"] for row in _metrics(uninterrupted)]
+
+
+def test_export_then_load_pretrained_gives_the_same_outputs(world, trained, tmp_path):
+    import cxrvlp
+    from cxrvlp.data.pretraining import pretraining_dataset
+    from cxrvlp.models.registry import model_from_config
+    from cxrvlp.pretrain import read_config
+    from cxrvlp.recipes.batch import PretrainCollator, attach_prompts
+    from cxrvlp.text.tokenizer import load_tokenizer
+
+    bundle = tmp_path / "model"
+    assert main(["export", str(trained), "--out", str(bundle)]) == 0
+    loaded = cxrvlp.load_pretrained(bundle)
+    assert loaded.info["step"] == 6 and not loaded.model.training
+
+    config = read_config(trained)
+    tokenizer = load_tokenizer(trained / "tokenizer")
+    reference = model_from_config(config.model, vocab_size=len(tokenizer))
+    CheckpointManager(trained).load("latest", reference, restore_rng=False)
+    attach_prompts(reference, tokenizer)
+    reference.eval()
+
+    dataset = pretraining_dataset(world, split="validate", transform=loaded.transform)
+    batch = PretrainCollator(loaded.tokenizer, 64)([dataset[i] for i in range(3)])
+    with torch.no_grad():
+        outputs = []
+        for model in (reference, loaded.model):
+            entities, _ = model.prompt_embeddings()
+            features = model.encode_image(batch["image"], batch["boxes"])
+            hidden = model.encode_text(batch["input_ids"], batch["attention_mask"])
+            outputs.append(
+                (
+                    features.embedding,
+                    features.grounding.attention,
+                    model.entity_scores(features, entities),
+                    model.itm_logits(hidden, batch["attention_mask"], features.tokens),
+                    model.decoder(batch["input_ids"], batch["attention_mask"], features.tokens),
+                )
+            )
+    for a, b in zip(*outputs, strict=True):
+        assert torch.equal(a, b)
+    # The bundle's transform is the model's: the image side of the config, no augmentation.
+    assert loaded.transform.size == 64 and not loaded.transform.augment
