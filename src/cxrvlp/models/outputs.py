@@ -27,6 +27,7 @@ class ImageFeatures:
     """An image batch encoded: ITC embedding, the tokens the report towers attend to, GK."""
 
     embedding: torch.Tensor  # (B, embed_dim), L2-normalised
+    pooled: torch.Tensor  # (B, vision width): the image encoder's global vector
     tokens: torch.Tensor  # (B, T, text width): ViT tokens (+ z_fused) in the towers' width
     vit_tokens: torch.Tensor  # (B, 1 + G*G, vision width)
     grounding: GroundingOutput | None = None

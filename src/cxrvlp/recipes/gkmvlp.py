@@ -164,10 +164,8 @@ class GKMVLP(nn.Module):
         positions: torch.Tensor | None = None,
     ) -> ImageFeatures:
         """ITC embedding, the tokens the report towers attend to, and the GK result."""
-        vit_tokens = self.image_encoder(images)
-        embedding = F.normalize(
-            self.image_proj(self.image_encoder.pooled(vit_tokens)).float(), dim=-1
-        )
+        vit_tokens, pooled = self.image_encoder(images)
+        embedding = F.normalize(self.image_proj(pooled).float(), dim=-1)
         grounding = None
         tokens = vit_tokens
         if self.gk is not None:
@@ -179,6 +177,7 @@ class GKMVLP(nn.Module):
             tokens = torch.cat([vit_tokens, grounding.z_fused], dim=1)
         return ImageFeatures(
             embedding=embedding,
+            pooled=pooled,
             tokens=self.image_to_text(tokens),
             vit_tokens=vit_tokens,
             grounding=grounding,
@@ -194,8 +193,8 @@ class GKMVLP(nn.Module):
                 self.ecls_image_proj(features.grounding.z_local).float(), dim=-1
             )
         else:
-            cls = self.ecls_image_proj(self.image_encoder.pooled(features.vit_tokens))
-            image_side = F.normalize(cls.float(), dim=-1)[:, None]
+            global_side = self.ecls_image_proj(features.pooled)
+            image_side = F.normalize(global_side.float(), dim=-1)[:, None]
         entity_side = F.normalize(self.ecls_entity_proj(entities).float(), dim=-1)
         scale = self.ecls_logit_scale.exp().clamp(max=_MAX_LOGIT_SCALE)
         return scale * (image_side * entity_side[None]).sum(dim=-1)
@@ -263,10 +262,8 @@ class GKMVLP(nn.Module):
             for online, momentum in self._momentum_pairs():
                 for p, p_m in zip(online.parameters(), momentum.parameters(), strict=True):
                     p_m.mul_(self.momentum).add_(p.detach(), alpha=1.0 - self.momentum)
-        tokens_m = self.image_encoder_m(batch["image"])
-        image_m = F.normalize(
-            self.image_proj_m(self.image_encoder_m.pooled(tokens_m)).float(), dim=-1
-        )
+        _, pooled_m = self.image_encoder_m(batch["image"])
+        image_m = F.normalize(self.image_proj_m(pooled_m).float(), dim=-1)
         text_hidden_m = self.text_encoder_m(batch["input_ids"], batch["attention_mask"])
         pooled_m = masked_mean(text_hidden_m, batch["attention_mask"])
         text_m = F.normalize(self.text_proj_m(pooled_m).float(), dim=-1)
