@@ -17,10 +17,29 @@ from transformers.models.bert.modeling_bert import BertAttention, BertIntermedia
 EAGER = "eager"  # the attention implementation that returns attention weights
 
 
+def pretrained_folder(cfg: Mapping[str, Any]) -> Path | None:
+    """``text.pretrained`` as a folder: a path, or "minilm" for the packaged all-MiniLM-L6-v2."""
+    value = cfg.get("pretrained")
+    if not value:
+        return None
+    if str(value) == "minilm":
+        from cxrvlp.text.tokenizer import minilm_folder
+
+        return minilm_folder()
+    folder = Path(str(value))
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"text.pretrained={folder} is not a BERT folder (no config.json): pass a local "
+            "folder saved by transformers, or 'minilm'"
+        )
+    return folder
+
+
 def bert_config(cfg: Mapping[str, Any], vocab_size: int, layers: int | None = None) -> BertConfig:
     """A BERT config of the text section of a model config (``pretrained`` wins for sizes)."""
-    if cfg.get("pretrained"):
-        base = BertConfig.from_pretrained(str(cfg["pretrained"]))
+    folder = pretrained_folder(cfg)
+    if folder is not None:
+        base = BertConfig.from_pretrained(str(folder))
         base.vocab_size = vocab_size if vocab_size else base.vocab_size
     else:
         dropout = float(cfg.get("dropout", 0.1))
@@ -45,14 +64,8 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: Mapping[str, Any], vocab_size: int):
         super().__init__()
-        pretrained = cfg.get("pretrained")
-        if pretrained:
-            folder = Path(str(pretrained))
-            if not (folder / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"text.pretrained={folder} is not a BERT folder (no config.json): pass a "
-                    "local folder saved by transformers, e.g. all-MiniLM-L6-v2's"
-                )
+        folder = pretrained_folder(cfg)
+        if folder is not None:
             self.bert = BertModel.from_pretrained(
                 str(folder), add_pooling_layer=False, attn_implementation="sdpa"
             )

@@ -52,6 +52,10 @@ class GKMVLP(nn.Module):
 
         self.image_encoder = ImageEncoder(cfg.image)
         self.text_encoder = TextEncoder(cfg.text, vocab_size)
+        # The entity and knowledge encoders: the report encoder itself, or a tower of their own.
+        self.own_knowledge_encoder = (
+            None if cfg.gk.share_text_encoder else TextEncoder(cfg.text, vocab_size)
+        )
         text_width, vision_width = self.text_encoder.width, self.image_encoder.width
         self.image_report_encoder = ImageReportEncoder(
             cfg.text, int(cfg.image_report_encoder.layers)
@@ -129,6 +133,11 @@ class GKMVLP(nn.Module):
         ]
 
     # ---- encoders ---------------------------------------------------------------------------
+    @property
+    def knowledge_encoder(self) -> TextEncoder:
+        """Encodes the entity and position prompts (see ``gk.share_text_encoder``)."""
+        return self.own_knowledge_encoder or self.text_encoder
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L, text width) report hidden states."""
         return self.text_encoder(input_ids, attention_mask)
@@ -150,10 +159,10 @@ class GKMVLP(nn.Module):
                 "knowledge prompts are not set: call cxrvlp.recipes.batch.attach_prompts("
                 "model, tokenizer) (pre-training and load_pretrained do this)"
             )
-        entities = self.text_encoder(self.entity_ids, self.entity_mask)[:, 0]
+        entities = self.knowledge_encoder(self.entity_ids, self.entity_mask)[:, 0]
         positions = None
         if self.gk is not None and self.gk.with_position:
-            positions = self.text_encoder(self.position_ids, self.position_mask)[:, 0]
+            positions = self.knowledge_encoder(self.position_ids, self.position_mask)[:, 0]
         return entities, positions
 
     def encode_image(

