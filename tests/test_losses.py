@@ -86,27 +86,35 @@ def test_lm_loss_is_the_mean_next_token_cross_entropy_without_padding():
     assert total.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_ecls_loss_matches_positive_against_negatives():
-    scores = torch.tensor([[2.0, 0.5, -1.0, 3.0], [0.0, 1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    targets = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
-    valid = torch.tensor(
-        [[True, True, True, False], [True, True, True, True], [True, True, True, True]]
-    )
+def test_ecls_loss_matches_each_present_pair_against_every_absent_pair():
+    scores = torch.tensor([[2.0, 0.5, -1.0, 3.0], [0.0, 1.0, 2.0, 0.0]])
+    targets = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]])
+    valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
     total, count = ecls_loss_terms(scores, targets, valid)
 
     def one(positive, negatives):
         return -(positive - math.log(math.exp(positive) + sum(math.exp(n) for n in negatives)))
 
-    # Image 0: positives 2.0 and -1.0 against the negative 0.5 (3.0 is uncertain: left out).
-    image0 = (one(2.0, [0.5]) + one(-1.0, [0.5])) / 2
-    image2 = one(1.0, [1.0, 1.0, 1.0])  # image 1 has no positive and contributes nothing
+    # Negatives: 0.5 of image 0 (3.0 is uncertain: left out) and all four pairs of image 1.
+    negatives = [0.5, 0.0, 1.0, 2.0, 0.0]
     assert count.item() == 2
-    assert total.item() == pytest.approx(image0 + image2, rel=1e-5)
+    assert total.item() == pytest.approx(one(2.0, negatives) + one(-1.0, negatives), rel=1e-5)
+
+
+def test_ecls_takes_the_global_batch_negatives_when_given():
+    scores = torch.tensor([[1.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    everyone = torch.tensor([[1.0, -1.0], [0.5, 3.0]])
+    negatives = torch.tensor([[False, True], [True, False]])
+    total, count = ecls_loss_terms(scores, targets, valid, everyone, negatives)
+    expected = -(1.0 - math.log(math.exp(1.0) + math.exp(-1.0) + math.exp(0.5)))
+    assert count.item() == 1 and total.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_ecls_with_no_negative_costs_nothing():
     total, count = ecls_loss_terms(
         torch.tensor([[4.0, -2.0]]), torch.tensor([[1.0, 1.0]]), torch.ones(1, 2, dtype=torch.bool)
     )
-    assert count.item() == 1
+    assert count.item() == 2
     assert total.item() == pytest.approx(0.0, abs=1e-6)

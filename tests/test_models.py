@@ -183,7 +183,9 @@ def test_report_encoder_from_the_local_minilm_folder(tokenizer):
     from cxrvlp.text.tokenizer import minilm_folder
 
     model = create_model(
-        "gkmvlp-tiny", vocab_size=len(tokenizer), **_merge(MICRO, {"text": {"pretrained": "minilm"}})
+        "gkmvlp-tiny",
+        vocab_size=len(tokenizer),
+        **_merge(MICRO, {"text": {"pretrained": "minilm"}}),
     )
     reference = BertModel.from_pretrained(str(minilm_folder()), add_pooling_layer=False)
     assert model.text_encoder.width == 384

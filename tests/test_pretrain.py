@@ -224,3 +224,21 @@ def test_export_then_load_pretrained_gives_the_same_outputs(world, trained, tmp_
         assert torch.equal(a, b)
     # The bundle's transform is the model's: the image side of the config, no augmentation.
     assert loaded.transform.size == 64 and not loaded.transform.augment
+
+
+def test_evaluate_writes_results_and_grounding_pictures(world, trained, tmp_path):
+    bundle = tmp_path / "model"
+    assert main(["export", str(trained), "--out", str(bundle)]) == 0
+    for task in ("retrieval", "entities", "grounding"):
+        out = tmp_path / task
+        argv = ["evaluate", task, "--pretrained", str(bundle), "--root", str(world)]
+        assert main([*argv, "--split", "train", "--out", str(out), "--quiet"]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["task"] == task
+    retrieval = json.loads((tmp_path / "retrieval" / "results.json").read_text())
+    assert 0.0 <= retrieval["image_to_report_r@5"] <= 1.0 and retrieval["images"] == 19
+    grounding = json.loads((tmp_path / "grounding" / "results.json").read_text())
+    assert grounding["gk_attention"]["pairs"] > 0
+    assert grounding["pointing_game"] == grounding["gk_attention"]["pointing_game"]
+    assert (tmp_path / "grounding" / "grounding_gk.png").stat().st_size > 1000
+    assert (tmp_path / "grounding" / "grounding_itm.png").stat().st_size > 1000

@@ -241,7 +241,10 @@ class GKMVLP(nn.Module):
             losses["lm"] = distributed.global_mean(total, count)
         if self.loss_weights["ecls"] > 0:
             scores = self.entity_scores(image, entities)
-            total, count = ecls_loss_terms(scores, batch["entity_targets"], batch["entity_valid"])
+            targets, valid = batch["entity_targets"], batch["entity_valid"]
+            scores_all, _ = distributed.gather_with_grad(scores)
+            negatives_all = distributed.gather_no_grad(valid & (targets < 0.5))
+            total, count = ecls_loss_terms(scores, targets, valid, scores_all, negatives_all)
             losses["ecls"] = distributed.global_mean(total, count)
         loss = sum(self.loss_weights[name] * value for name, value in losses.items())
         return PretrainOutput(

@@ -42,7 +42,9 @@ def evaluate(
     split: str = "test",
     batch_size: int = 32,
     progress: bool = True,
+    out: Path | None = None,
 ) -> dict[str, Any]:
+    """Run one evaluation; with ``out``, pictures (grounding heat maps) are written there."""
     from cxrvlp.export import load_pretrained
     from cxrvlp.tasks.encode import encode_split
 
@@ -72,11 +74,13 @@ def evaluate(
             encoded.entity_names,
         )  # fmt: skip
     else:
-        results |= grounding_results(pretrained, encoded, batch_size, progress)
+        results |= grounding_results(pretrained, encoded, batch_size, progress, out)
     return results
 
 
-def grounding_results(pretrained, encoded, batch_size: int, progress: bool) -> dict[str, Any]:
+def grounding_results(
+    pretrained, encoded, batch_size: int, progress: bool, out: Path | None = None
+) -> dict[str, Any]:
     from cxrvlp.recipes.batch import tokenize
     from cxrvlp.tasks.grounding import itm_attention_map, pointing_game, region_density_map
 
@@ -97,9 +101,11 @@ def grounding_results(pretrained, encoded, batch_size: int, progress: bool) -> d
                 grid = model.image_encoder.grid
                 return encoded.attention[image, entity].reshape(grid, grid), patch
 
+        examples: list = []
         results["gk_attention"] = pointing_game(
-            gk_heat, encoded.finding_regions, encoded.boxes, encoded.entity_names, size
+            gk_heat, encoded.finding_regions, encoded.boxes, encoded.entity_names, size, examples
         )
+        _draw(encoded, examples, "GK attention", out, "grounding_gk.png")
     # Cross-attention of the image-report encoder from each present finding's name.
     wanted = sorted({f for regions in encoded.finding_regions for f in regions})
     wanted = [name for name in wanted if name in encoded.entity_names]
@@ -114,21 +120,48 @@ def grounding_results(pretrained, encoded, batch_size: int, progress: bool) -> d
             for row, image_heat in zip(chunk, heat, strict=True):
                 maps[(row, name)] = image_heat
     names = encoded.entity_names
+    examples = []
     results["itm_cross_attention"] = pointing_game(
         lambda image, entity: (maps[(image, names[entity])], patch),
         encoded.finding_regions,
         encoded.boxes,
         names,
         size,
+        examples,
     )
+    _draw(encoded, examples, "image-report cross-attention", out, "grounding_itm.png")
     primary = results.get("gk_attention", results["itm_cross_attention"])
     results["pointing_game"] = primary["pointing_game"]
     return results
 
 
+def _draw(encoded, examples: list, what: str, out: Path | None, name: str) -> None:
+    if out is None or not examples:
+        return
+    from cxrvlp.viz.grounding import GroundingPanel, draw_panels
+
+    panels = [
+        GroundingPanel(
+            image=encoded.images[image][0],
+            heat=heat,
+            true_boxes=boxes,
+            title=f"{encoded.image_ids[image][:8]}: {finding} ({'hit' if hit else 'miss'})",
+            hit=hit,
+        )
+        for image, finding, heat, boxes, hit in examples
+    ]
+    draw_panels(panels, out / name)
+
+
 def run(args: argparse.Namespace) -> int:
     results = evaluate(
-        args.task, args.pretrained, args.root, args.split, args.batch_size, not args.quiet
+        args.task,
+        args.pretrained,
+        args.root,
+        args.split,
+        args.batch_size,
+        not args.quiet,
+        out=args.out,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")

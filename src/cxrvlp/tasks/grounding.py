@@ -9,6 +9,8 @@ entity name to the patch tokens (the only map a model without the GK module has)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
@@ -51,16 +53,19 @@ def inside_any(point: tuple[float, float], boxes: list[torch.Tensor]) -> bool:
 
 
 def pointing_game(
-    heat_of: callable,
+    heat_of: Callable[[int, int], tuple[torch.Tensor, float]],
     findings: list[dict[str, set[str]]],
     boxes: torch.Tensor,
     entity_names: list[str],
     image_size: int,
+    examples: list | None = None,
+    max_examples: int = 12,
 ) -> dict:
     """Hit rate over (image, present finding) pairs; ``heat_of(i, e)`` gives (map, cell px).
 
     Also the hit rate of a uniformly random point (the share of the image the true regions
-    cover), so a figure can be read against chance.
+    cover), so a figure can be read against chance. The first ``max_examples`` pairs are
+    appended to ``examples`` as (image index, finding, heat map, true boxes, hit).
     """
     entity_index = {name: index for index, name in enumerate(entity_names)}
     hits = pairs = 0
@@ -75,6 +80,8 @@ def pointing_game(
                 continue
             heat, cell = heat_of(image, column)
             hit = inside_any(peak_point(heat, cell), true_boxes)
+            if examples is not None and len(examples) < max_examples:
+                examples.append((image, finding, heat, true_boxes, hit))
             hits += hit
             pairs += 1
             covered = torch.zeros(len(grid), len(grid), dtype=torch.bool)

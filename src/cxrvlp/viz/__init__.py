@@ -1,0 +1,1 @@
+"""Pictures of results: grounding heat maps, boxes, curves."""
