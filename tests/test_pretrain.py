@@ -92,6 +92,7 @@ def test_run_folder_holds_config_metrics_events_checkpoint_and_tokenizer(trained
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
     assert CheckpointManager(trained).latest().name == "step_00000006"
     assert (trained / "tokenizer" / "vocab.txt").is_file()
+    assert (trained / "losses.png").stat().st_size > 1000
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["skipped_samples"] == 0
 
