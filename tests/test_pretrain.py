@@ -238,6 +238,9 @@ def test_evaluate_writes_results_and_grounding_pictures(world, trained, tmp_path
         assert results["task"] == task
     retrieval = json.loads((tmp_path / "retrieval" / "results.json").read_text())
     assert 0.0 <= retrieval["image_to_report_r@5"] <= 1.0 and retrieval["images"] == 19
+    entities = json.loads((tmp_path / "entities" / "results.json").read_text())
+    assert set(entities["world_truth"]["per_entity"]) <= set(entities["per_entity"])
+    assert entities["world_truth"]["per_entity"]  # the world's finding types, scored on truth
     grounding = json.loads((tmp_path / "grounding" / "results.json").read_text())
     assert grounding["gk_attention"]["pairs"] > 0
     assert grounding["pointing_game"] == grounding["gk_attention"]["pointing_game"]

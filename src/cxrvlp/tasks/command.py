@@ -73,6 +73,19 @@ def evaluate(
             encoded.entity_scores, encoded.entity_targets, encoded.entity_valid,
             encoded.entity_names,
         )  # fmt: skip
+        if encoded.true_findings is not None:
+            # Against what the synthetic images really show, for the types the world renders.
+            columns = [encoded.entity_names.index(n) for n in encoded.world_findings
+                       if n in encoded.entity_names]  # fmt: skip
+            names = [encoded.entity_names[c] for c in columns]
+            truth = torch.tensor(
+                [[name in shown for name in names] for shown in encoded.true_findings],
+                dtype=torch.float32,
+            )
+            results["world_truth"] = entity_auroc(
+                encoded.entity_scores[:, columns], truth, torch.ones_like(truth, dtype=torch.bool),
+                names,
+            )  # fmt: skip
     else:
         results |= grounding_results(pretrained, encoded, batch_size, progress, out)
     return results

@@ -33,6 +33,8 @@ class EncodedSplit:
     attention: torch.Tensor | None  # (N, E, K) GK attention
     attends_to: str = ""
     finding_regions: list[dict[str, set[str]]] = field(default_factory=list)
+    true_findings: list[set[str]] | None = None  # synthetic world only: what each image shows
+    world_findings: list[str] | None = None  # the finding types the world renders
     images: torch.Tensor | None = None  # (N, C, S, S), kept only when asked
 
 
@@ -110,7 +112,29 @@ def encode_split(
         attends_to=attends_to,
         finding_regions=[regions_by_image.get(image_id, {}) for image_id in image_ids],
         images=stacked.get("images"),
+        **_world_truth(root, image_ids),
     )
+
+
+def _world_truth(root: str, image_ids: list[str]) -> dict:
+    """The findings each image really shows, where ``root`` is a synthetic world (truth.jsonl):
+    reports leave some out, so report labels understate what an image shows."""
+    import json
+    from pathlib import Path
+
+    truth_file, world_file = Path(root) / "truth.jsonl", Path(root) / "world.json"
+    if not truth_file.is_file() or not world_file.is_file():
+        return {}
+    shown = {}
+    with truth_file.open(encoding="utf-8") as stream:
+        for line in stream:
+            row = json.loads(line)
+            shown[row["image_id"]] = {finding["name"] for finding in row["findings"]}
+    world = json.loads(world_file.read_text(encoding="utf-8"))
+    return {
+        "true_findings": [shown.get(image_id, set()) for image_id in image_ids],
+        "world_findings": sorted(world.get("findings", {})),
+    }
 
 
 def _imagenome_findings(root: str, boxes: str | None) -> dict[str, dict[str, set[str]]]:
