@@ -246,3 +246,12 @@ def test_evaluate_writes_results_and_grounding_pictures(world, trained, tmp_path
     assert grounding["pointing_game"] == grounding["gk_attention"]["pointing_game"]
     assert (tmp_path / "grounding" / "grounding_gk.png").stat().st_size > 1000
     assert (tmp_path / "grounding" / "grounding_itm.png").stat().st_size > 1000
+
+
+def test_gradient_accumulation_consumes_micro_batches_per_step(world, tmp_path):
+    run = tmp_path / "accumulate"
+    assert main(_pretrain_argv(world, run, 2, "train.batch_size=2", "train.accumulate=2")) == 0
+    assert [row["step"] for row in _metrics(run)] == [1, 2]
+    state = torch.load(CheckpointManager(run).latest() / "training_state.pt", weights_only=True)
+    # 19 training images: 9 batches of 2 per epoch; 2 steps x 2 micro-batches = 4 consumed.
+    assert (state["extra"]["epoch"], state["extra"]["batch_in_epoch"]) == (0, 4)
