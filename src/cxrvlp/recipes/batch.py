@@ -30,8 +30,13 @@ def tokenize(
     return encoded["input_ids"], encoded["attention_mask"]
 
 
-def attach_prompts(model: Any, tokenizer: PreTrainedTokenizerBase, max_length: int = 64) -> None:
-    """Tokenise the entity prompts and the 29 position prompts into ``model``."""
+DEFAULT_PROMPT_LENGTH = 64
+
+
+def attach_prompts(model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Tokenise the entity prompts and the 29 position prompts into ``model``, cut at the
+    model's ``gk.prompt_max_length`` tokens (the prompts are re-encoded at every step)."""
+    max_length = int(model.config.gk.get("prompt_max_length", DEFAULT_PROMPT_LENGTH))
     kb = load_knowledge_base()
     entities = entity_prompts(kb)
     positions = position_prompts(kb)
