@@ -41,11 +41,8 @@ MICRO = [
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    argv = ["synth", "--out", str(out), "--studies", "24", "--image-size", "96"]
-    assert main([*argv, "--cohorts", "mimic", "--quiet", "--workers", "1"]) == 0
-    return out
+def world(make_mimic_world) -> Path:
+    return make_mimic_world(24)
 
 
 @pytest.fixture(scope="module")
