@@ -15,6 +15,7 @@ from cxrvlp.detector import command as detector_command
 from cxrvlp.models import command as models_command
 from cxrvlp.synth import command as synth_command
 from cxrvlp.tasks import command as evaluate_command
+from cxrvlp.tasks import finetune as finetune_command
 from cxrvlp.text import command as text_command
 
 COMMANDS = {
@@ -26,6 +27,7 @@ COMMANDS = {
     "pretrain": pretrain_command,
     "export": export_command,
     "evaluate": evaluate_command,
+    "finetune": finetune_command,
 }
 
 

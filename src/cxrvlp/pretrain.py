@@ -150,6 +150,7 @@ def pretrain(
         train_config,
         first_batch_check=lambda batch: range_check(batch["image"]) if "image" in batch else None,
         progress=progress,
+        desc="pretrain",
     )
     if resume:
         trainer.resume(resume)

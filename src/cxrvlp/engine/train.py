@@ -114,8 +114,10 @@ class Trainer:
         config: TrainConfig,
         first_batch_check: Callable[[dict[str, Any]], None] | None = None,
         progress: bool = True,
+        desc: str = "train",
     ):
         self.config = config
+        self.desc = desc
         self.run_dir = Path(run_dir)
         self.device = pick_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
@@ -200,7 +202,7 @@ class Trainer:
         bar = tqdm(
             total=config.max_steps,
             initial=self.step,
-            desc="pretrain",
+            desc=self.desc,
             unit="step",
             disable=not self.progress,
         )

@@ -39,3 +39,12 @@ class PretrainOutput:
 
     loss: torch.Tensor
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class TaskOutput:
+    """A downstream task model's training output: total loss, named terms, and predictions."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None

@@ -1,0 +1,1 @@
+"""Task metrics: thin wrappers over torchmetrics, pycocotools and pycocoevalcap."""
