@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.tasks.encode import finding_regions_of
 from cxrvlp.tasks.entities import entity_auroc
-from cxrvlp.tasks.grounding import peak_point, pointing_game, region_density_map
+from cxrvlp.tasks.grounding import map_iou, peak_point, pointing_game, region_density_map
 from cxrvlp.tasks.retrieval import chance_recall_at_k, recall_at_k, retrieval_metrics
 
 
@@ -91,3 +91,13 @@ def test_imagenome_attributes_give_the_positive_regions_of_each_finding():
     assert finding_regions_of(phrases) == {
         "pleural effusion": {"left lower lung zone", "left costophrenic angle"}
     }
+
+
+def test_map_iou_compares_the_cells_above_half_the_peak_with_the_box_cells():
+    heat = torch.zeros(8, 8)
+    heat[0:2, 0:4] = 1.0  # 8 cells attended (cells of 4 px: pixels 0..16 x 0..8)
+    heat[7, 7] = 0.4  # below half the peak: not attended
+    box = torch.tensor([0.0, 0.0, 8.0, 8.0])  # covers cells (0..1, 0..1): 4 cells
+    assert map_iou(heat, 4.0, [box]) == pytest.approx(4 / 8)
+    assert map_iou(heat, 4.0, [torch.tensor([16.0, 16.0, 24.0, 24.0])]) == 0.0
+    assert map_iou(heat, 4.0, [torch.tensor([0.0, 0.0, 16.0, 8.0])]) == pytest.approx(1.0)

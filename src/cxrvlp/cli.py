@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cxrvlp import __version__
+from cxrvlp import demo as demo_command
 from cxrvlp import export as export_command
 from cxrvlp import pretrain as pretrain_command
 from cxrvlp.data import command as data_command
@@ -28,6 +29,7 @@ COMMANDS = {
     "export": export_command,
     "evaluate": evaluate_command,
     "finetune": finetune_command,
+    "demo": demo_command,
 }
 
 

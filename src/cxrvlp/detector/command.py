@@ -58,10 +58,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     predict.add_argument("--out", type=Path, required=True)
     predict.set_defaults(action=run_predict)
 
-    annotate = commands.add_parser("annotate", help="boxes for a whole data set, once (JSONL)")
+    annotate = commands.add_parser(
+        "annotate",
+        help="boxes for a whole data set, once (JSONL): MIMIC-CXR (--imagenome/--images) or "
+        "any other reader (--dataset/--root)",
+    )
     annotate.add_argument("--model", type=Path, required=True)
-    _data_options(annotate)
-    annotate.add_argument("--split", choices=("train", "valid", "test"), help="default: all")
+    annotate.add_argument("--imagenome", type=Path, help="Chest ImaGenome root")
+    annotate.add_argument("--images", type=Path, help="MIMIC-CXR-JPG root")
+    annotate.add_argument("--dataset", help="another data set, e.g. iu-xray, vqa-rad, rsna")
+    annotate.add_argument("--root", type=Path, help="that data set's root")
+    annotate.add_argument("--split", help="default: all")
     annotate.add_argument("--out", type=Path, required=True, help="output .jsonl")
     annotate.set_defaults(action=run_annotate)
 
@@ -160,7 +167,22 @@ def run_annotate(args: argparse.Namespace) -> int:
 
     model = load_detector(args.model)
     args.image_size = model.config.image_size
-    summary = annotate_dataset(model, _dataset(args, args.split), args.out)
+    if args.dataset is not None:
+        from cxrvlp.data.readers import reader_class
+        from cxrvlp.detector.train import detector_transform
+
+        if args.root is None:
+            raise SystemExit("cxrvlp detector annotate --dataset needs --root")
+        dataset = reader_class(args.dataset)(
+            args.root,
+            split=args.split,
+            transform=detector_transform(args.image_size, augment=False),
+        )
+    elif args.imagenome is None or args.images is None:
+        raise SystemExit("cxrvlp detector annotate needs --imagenome and --images, or --dataset")
+    else:
+        dataset = _dataset(args, args.split)
+    summary = annotate_dataset(model, dataset, args.out)
     print(
         f"annotated {summary['written']:,} images into {args.out}; {summary['skipped']} unreadable"
     )

@@ -1,7 +1,8 @@
 """Grounding: where a model looks for a finding against the regions the finding is in.
 
 Pointing game: a finding of an image counts as a hit when the peak of the model's map lies
-inside one of the true regions' boxes. Maps: the GK module's entity-to-region attention
+inside one of the true regions' boxes. IoU: the map's cells at or above half its peak against
+the cells the true regions' boxes cover. Maps: the GK module's entity-to-region attention
 (each region's attention spread uniformly over its box), the GK attention over patches (no
 region features), or, for any model, the image-report encoder's cross-attention from the
 entity name to the patch tokens (the only map a model without the GK module has).
@@ -52,6 +53,29 @@ def inside_any(point: tuple[float, float], boxes: list[torch.Tensor]) -> bool:
     )
 
 
+def boxes_mask(boxes: list[torch.Tensor], cells: int, cell: float) -> torch.Tensor:
+    """(cells, cells) bool: the cells whose centres lie inside any of ``boxes`` (pixels)."""
+    centres = (torch.arange(cells, dtype=torch.float32) + 0.5) * cell
+    covered = torch.zeros(cells, cells, dtype=torch.bool)
+    for box in boxes:
+        if bool(torch.isfinite(box).all()):
+            covered |= (
+                (centres[None, :] >= box[0])
+                & (centres[None, :] <= box[2])
+                & (centres[:, None] >= box[1])
+                & (centres[:, None] <= box[3])
+            )
+    return covered
+
+
+def map_iou(heat: torch.Tensor, cell: float, boxes: list[torch.Tensor]) -> float:
+    """IoU of the map's cells at or above half its peak with the cells the boxes cover."""
+    attended = heat >= 0.5 * heat.max()
+    truth = boxes_mask(boxes, heat.shape[0], cell)
+    union = int((attended | truth).sum())
+    return int((attended & truth).sum()) / union if union else 0.0
+
+
 def pointing_game(
     heat_of: Callable[[int, int], tuple[torch.Tensor, float]],
     findings: list[dict[str, set[str]]],
@@ -69,7 +93,7 @@ def pointing_game(
     """
     entity_index = {name: index for index, name in enumerate(entity_names)}
     hits = pairs = 0
-    chance = 0.0
+    chance = iou_sum = 0.0
     per_entity: dict[str, list[int]] = {}
     grid = torch.arange(0, image_size, 4, dtype=torch.float32) + 2.0
     for image, regions_of in enumerate(findings):
@@ -80,6 +104,7 @@ def pointing_game(
                 continue
             heat, cell = heat_of(image, column)
             hit = inside_any(peak_point(heat, cell), true_boxes)
+            iou_sum += map_iou(heat, cell, true_boxes)
             if examples is not None and len(examples) < max_examples:
                 examples.append((image, finding, heat, true_boxes, hit))
             hits += hit
@@ -101,6 +126,7 @@ def pointing_game(
         "pointing_game": hits / pairs if pairs else None,
         "pairs": pairs,
         "chance": chance / pairs if pairs else None,
+        "iou": iou_sum / pairs if pairs else None,
         "per_entity": {
             name: {"hits": h, "pairs": n} for name, (h, n) in sorted(per_entity.items())
         },

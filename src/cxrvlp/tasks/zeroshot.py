@@ -1,0 +1,96 @@
+"""Zero-shot classification: each class is scored by how much closer an image's ITC embedding
+is to a positive prompt ("there is <finding>") than to a negative one ("no <finding>"), with no
+training; AUROC per class against the data set's labels (CLIP-style, as in CheXzero)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cxrvlp.data.sample import collate_samples
+from cxrvlp.export import Pretrained
+from cxrvlp.metrics.classification import classification_metrics, roc_curves
+from cxrvlp.recipes.batch import tokenize
+
+# Label names as reports word them (the rest: lower case, underscores as spaces).
+REPORT_WORDING = {
+    "effusion": "pleural effusion",
+    "pleural effusion": "pleural effusion",
+    "infiltration": "infiltrate",
+    "edema": "pulmonary edema",
+    "lung lesion": "nodule or mass",
+    "pleural_thickening": "pleural thickening",
+    "pleural other": "pleural abnormality",
+    "support devices": "support devices",
+    "lung opacity": "lung opacity",
+}
+POSITIVE_PROMPT = "there is {}."
+NEGATIVE_PROMPT = "no {}."
+# Classes a "there is / no" prompt cannot express.
+UNPROMPTABLE = {"no finding"}
+
+DATASETS = {"rsna": "test", "nih": "test", "chexpert": "valid"}
+
+
+def finding_phrase(label: str) -> str:
+    key = label.lower()
+    return REPORT_WORDING.get(key, key.replace("_", " "))
+
+
+@torch.no_grad()
+def zero_shot_scores(
+    pretrained: Pretrained, dataset: Any, batch_size: int = 32, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Scores (N, C) in [0, 1], labels, label masks and the promptable class names."""
+    model = pretrained.model
+    names = [n for n in dataset.label_names if n.lower() not in UNPROMPTABLE]
+    columns = [list(dataset.label_names).index(n) for n in names]
+    prompts = [POSITIVE_PROMPT.format(finding_phrase(n)) for n in names]
+    prompts += [NEGATIVE_PROMPT.format(finding_phrase(n)) for n in names]
+    device = next(model.parameters()).device
+    ids, mask = tokenize(pretrained.tokenizer, prompts, int(pretrained.config.text.max_length))
+    ids, mask = ids.to(device), mask.to(device)
+    text = model.text_embedding(model.encode_text(ids, mask), mask)
+    positive, negative = text[: len(names)], text[len(names) :]
+    scale = model.logit_scale.exp()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
+    parts: dict[str, list[torch.Tensor]] = {"p": [], "y": [], "m": []}
+    for batch in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress):
+        if "image" not in batch:
+            continue
+        # ITC embedding only: no region boxes are needed, so the GK module is not run.
+        _, pooled = model.image_encoder(batch["image"].to(device))
+        image = torch.nn.functional.normalize(model.image_proj(pooled).float(), dim=-1)
+        logits = scale * torch.stack([image @ positive.T, image @ negative.T], dim=-1)
+        parts["p"].append(logits.softmax(dim=-1)[..., 0].cpu())
+        parts["y"].append(batch["labels"][:, columns])
+        parts["m"].append(batch["label_mask"][:, columns])
+    return torch.cat(parts["p"]), torch.cat(parts["y"]), torch.cat(parts["m"]), names
+
+
+def zero_shot(
+    pretrained: Pretrained,
+    dataset_name: str,
+    root: str,
+    split: str | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    from cxrvlp.data.readers import reader_class
+
+    if dataset_name not in DATASETS:
+        raise ValueError(
+            f"zero-shot runs on {', '.join(DATASETS)}; {dataset_name!r} has no class labels"
+        )
+    split = split or DATASETS[dataset_name]
+    dataset = reader_class(dataset_name)(root, split=split, transform=pretrained.transform)
+    scores, labels, masks, names = zero_shot_scores(pretrained, dataset, batch_size, progress)
+    results = classification_metrics(scores, labels, masks, names)
+    results["roc"] = roc_curves(scores, labels, masks, names)
+    results["prompts"] = {"positive": POSITIVE_PROMPT, "negative": NEGATIVE_PROMPT}
+    results["dataset"] = dataset_name
+    results["test_samples"] = len(dataset)
+    return results
