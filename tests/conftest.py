@@ -23,3 +23,39 @@ def make_mimic_world(tmp_path_factory):
         return out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def downstream_world(tmp_path_factory) -> Path:
+    """A small world with every downstream cohort (RSNA, NIH, CheXpert, IU X-Ray, VQA-RAD,
+    SLAKE), 40 studies each, and a tokenizer trained on its reports in ``world/tokenizer``."""
+    out = tmp_path_factory.mktemp("downstream")
+    argv = ["synth", "--out", str(out), "--studies", "40", "--image-size", "96"]
+    argv += ["--cohorts", "rsna,nih,chexpert,iu_xray,vqa_rad,slake"]
+    argv += ["--downstream-fraction", "1.0", "--quiet", "--workers", "1"]
+    assert main(argv) == 0
+    from cxrvlp.data.readers.iu_xray import IUXrayDataset
+    from cxrvlp.data.readers.vqa import VQARADDataset
+    from cxrvlp.tasks.finetune import training_texts
+    from cxrvlp.text.tokenizer import train_wordpiece
+
+    texts = training_texts(IUXrayDataset(out / "iu_xray", labels_only=True))
+    texts += training_texts(VQARADDataset(out / "vqa_rad", labels_only=True))
+    train_wordpiece(texts, out / "tokenizer", vocab_size=400, min_frequency=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrained_bundle(downstream_world, tmp_path_factory) -> Path:
+    """An untrained gkmvlp-tiny written as a model bundle (as `cxrvlp export` writes one)."""
+    from cxrvlp.engine.seeding import seed_everything
+    from cxrvlp.export import write_bundle
+    from cxrvlp.models.registry import create_model
+    from cxrvlp.text.tokenizer import load_tokenizer
+
+    seed_everything(0)
+    tokenizer = load_tokenizer(downstream_world / "tokenizer")
+    model = create_model("gkmvlp-tiny", vocab_size=len(tokenizer))
+    out = tmp_path_factory.mktemp("bundle")
+    info = {"model_name": "gkmvlp-tiny", "recipe": "gkmvlp", "step": 0}
+    return write_bundle(out, model.config, tokenizer, info, model)

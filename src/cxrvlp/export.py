@@ -59,22 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def export(run_dir: Path, out: Path, checkpoint: str | Path = LATEST) -> Path:
     """Write the bundle of ``run_dir``'s checkpoint into ``out``; returns ``out``."""
     from cxrvlp.models.registry import model_from_config
-    from cxrvlp.pretrain import copy_tokenizer, read_config
+    from cxrvlp.pretrain import read_config
     from cxrvlp.text.tokenizer import load_tokenizer
 
     config = read_config(run_dir)
     tokenizer = load_tokenizer(run_dir / TOKENIZER_DIR)
     model = model_from_config(config.model, vocab_size=len(tokenizer))
     state = CheckpointManager(run_dir).load(checkpoint, model, restore_rng=False)
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out / WEIGHTS_FILE)
-    model_yaml = OmegaConf.to_yaml(config.model)
-    atomic_write(out / MODEL_CONFIG_FILE, lambda path: path.write_text(model_yaml))
-    copy_tokenizer(run_dir, out / TOKENIZER_DIR)
-    preprocessing = {
-        key: OmegaConf.to_container(config.model.image)[key] for key in PREPROCESSING_KEYS
-    }
-    _write_json(out / PREPROCESSING_FILE, preprocessing)
     info = {
         "cxrvlp_version": __version__,
         "model_name": str(config.get("model_name", "")),
@@ -84,6 +75,23 @@ def export(run_dir: Path, out: Path, checkpoint: str | Path = LATEST) -> Path:
         "step": state["step"],
         "vocab_size": len(tokenizer),
     }
+    return write_bundle(out, config.model, tokenizer, info, model)
+
+
+def write_bundle(
+    out: Path, model_config: DictConfig, tokenizer: Any, info: dict[str, Any], model: Any = None
+) -> Path:
+    """Write a bundle folder; without ``model`` only the architecture, tokenizer and
+    preprocessing (what a fine-tuning run keeps to rebuild itself)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        save_weights(model, out / WEIGHTS_FILE)
+    model_yaml = OmegaConf.to_yaml(model_config)
+    atomic_write(out / MODEL_CONFIG_FILE, lambda path: path.write_text(model_yaml))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    image = OmegaConf.to_container(model_config.image)
+    _write_json(out / PREPROCESSING_FILE, {key: image[key] for key in PREPROCESSING_KEYS})
     _write_json(out / EXPORT_FILE, info)
     return out
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -200,10 +199,6 @@ def run(args: argparse.Namespace) -> int:
             f"last step: {last}; skipped samples: {summary['skipped_samples']}; run: {run_dir}"
         )
     return 0
-
-
-def copy_tokenizer(run_dir: Path, out: Path) -> None:
-    shutil.copytree(run_dir / TOKENIZER_DIR, out, dirs_exist_ok=True)
 
 
 def read_config(run_dir: Path) -> DictConfig:

@@ -29,6 +29,7 @@ from cxrvlp.export import (
     PREPROCESSING_FILE,
     TOKENIZER_DIR,
     Pretrained,
+    write_bundle,
 )
 
 log = logging.getLogger(__name__)
@@ -144,22 +145,8 @@ def random_backbone(model_name: str, tokenizer_dir: Path | None, texts: list[str
     )
 
 
-def _write_backbone(backbone: Pretrained, folder: Path) -> None:
-    """What re-scoring needs to rebuild the architecture: config, tokenizer, preprocessing."""
-    from cxrvlp.export import PREPROCESSING_KEYS
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MODEL_CONFIG_FILE).write_text(OmegaConf.to_yaml(backbone.config))
-    image = OmegaConf.to_container(backbone.config.image)
-    preprocessing = {key: image[key] for key in PREPROCESSING_KEYS}
-    (folder / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2) + "\n")
-    (folder / EXPORT_FILE).write_text(json.dumps(backbone.info, indent=2) + "\n")
-    if backbone.tokenizer is not None:
-        backbone.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
-
-
 def _read_backbone(folder: Path) -> Pretrained:
-    """The architecture of ``folder`` (written by ``_write_backbone``) with fresh weights."""
+    """The architecture of ``folder`` (a bundle without weights) with fresh weights."""
     from cxrvlp.data.transforms import transform_from_config
     from cxrvlp.models.registry import model_from_config
     from cxrvlp.recipes.batch import attach_prompts
@@ -350,7 +337,7 @@ def finetune(
         progress=progress,
         batch_size=int(batch_size or defaults.get("batch_size", 16)),
     )
-    _write_backbone(backbone, out / BACKBONE_DIR)
+    write_bundle(out / BACKBONE_DIR, backbone.config, backbone.tokenizer, backbone.info)
     spec = task.datasets[dataset]
     train_set = open_split(ctx, task, spec.train, train=True)
     test_set = open_split(ctx, task, spec.test, train=False)
