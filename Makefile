@@ -2,7 +2,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= runs/demo
-DEMO_STUDIES ?= 200
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -22,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/cxrvlp synth --out $(DEMO_DIR)/world --studies $(DEMO_STUDIES) --seed 0 --preview
+	$(VENV)/bin/cxrvlp demo --out $(DEMO_DIR)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

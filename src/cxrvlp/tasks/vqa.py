@@ -1,0 +1,212 @@
+"""Medical VQA (VQA-RAD, SLAKE) as classification over the answers seen in training.
+
+The question goes through the report encoder, attends to the image tokens (ViT tokens and the
+GK module's grounded entities) in the image-report encoder, and the fused [CLS] state feeds an
+MLP with one logit per training answer; cross-entropy. The answer vocabulary is the training
+split's normalised answers, most frequent first (ties by text), written to ``RUN/answers.json``;
+test answers outside it cannot be predicted, so they count wrong (``unseen_test_answers``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from cxrvlp.data.readers.vqa import normalize_answer
+from cxrvlp.data.sample import Sample, collate_samples
+from cxrvlp.metrics.vqa import EXAMPLE_KEYS, is_correct, vqa_metrics
+from cxrvlp.models.outputs import TaskOutput
+from cxrvlp.recipes.batch import stable_key, tokenize
+from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
+
+log = logging.getLogger(__name__)
+
+ANSWERS_FILE = "answers.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+NOT_AN_ANSWER = -100  # cross-entropy's ignore_index: a truth outside the vocabulary
+
+
+def answer_vocabulary(answers: Iterable[str]) -> list[str]:
+    """The normalised answers, most frequent first, ties in text order: the same list for the
+    same training split whatever the record order, so a re-scored run gets the same head."""
+    counts = Counter(normalize_answer(answer) for answer in answers)
+    return sorted(counts, key=lambda answer: (-counts[answer], answer))
+
+
+def vocabulary_key(answers: list[str]) -> int:
+    return stable_key("\n".join(answers))
+
+
+class VQAModel(nn.Module):
+    """GK-MVLP question-image fusion -> fused [CLS] -> MLP -> one logit per answer."""
+
+    def __init__(self, backbone: nn.Module, answers: list[str], linear_probe: bool):
+        super().__init__()
+        self.backbone = backbone
+        self.answers = list(answers)
+        self.linear_probe = linear_probe
+        width = backbone.image_report_encoder.width
+        self.head = nn.Sequential(
+            nn.Linear(width, 2 * width),
+            nn.GELU(),
+            nn.LayerNorm(2 * width),
+            nn.Linear(2 * width, len(self.answers)),
+        )
+        # Saved with the weights, so a checkpoint re-scored against another vocabulary is caught.
+        self.register_buffer("vocabulary_key", torch.tensor(vocabulary_key(self.answers)))
+        # Only what the VQA forward reaches trains: the decoder, ITC/ITM/ECLS heads and any
+        # momentum copies would get no gradient (and trip DistributedDataParallel).
+        backbone.requires_grad_(False)
+        trained = [backbone.text_encoder, backbone.image_to_text]
+        trained += [backbone.image_report_encoder.layers]
+        trained += [m for m in (backbone.own_knowledge_encoder, backbone.gk) if m is not None]
+        if not linear_probe:
+            trained.append(backbone.image_encoder)
+        for module in trained:
+            module.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> VQAModel:
+        super().train(mode)
+        if self.linear_probe:
+            # A frozen encoder keeps its normalisation statistics too.
+            self.backbone.image_encoder.eval()
+        return self
+
+    def logits(
+        self,
+        images: torch.Tensor,
+        boxes: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        image = self.backbone.encode_image(images, boxes)
+        question = self.backbone.encode_text(input_ids, attention_mask)
+        fused, _ = self.backbone.image_report_encoder(question, attention_mask, image.tokens)
+        return self.head(fused[:, 0])
+
+    def forward(self, batch: dict[str, Any]) -> TaskOutput:
+        logits = self.logits(
+            batch["image"], batch.get("boxes"), batch["input_ids"], batch["attention_mask"]
+        )
+        loss = F.cross_entropy(logits.float(), batch["answer_index"], ignore_index=NOT_AN_ANSWER)
+        return TaskOutput(loss=loss, losses={"ce": loss.detach()}, logits=logits)
+
+
+class VQACollator:
+    """Samples -> batch with question tokens, answer indices and stacked region boxes."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, answers: list[str], max_length: int):
+        self.tokenizer = tokenizer
+        self.index = {answer: position for position, answer in enumerate(answers)}
+        self.max_length = max_length
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        batch = collate_samples(samples)
+        if "image" not in batch:
+            return batch
+        batch["input_ids"], batch["attention_mask"] = tokenize(
+            self.tokenizer, batch["question"], self.max_length
+        )
+        batch["answer_index"] = torch.tensor(
+            [self.index.get(normalize_answer(a), NOT_AN_ANSWER) for a in batch["answer"]]
+        )
+        if "boxes" in batch:
+            # (29, 4) per image from open_split; NaN rows mean the whole image to the GK module.
+            batch["boxes"] = torch.stack(batch["boxes"])
+        return batch
+
+
+class VQATask:
+    name: ClassVar[str] = "vqa"
+    datasets: ClassVar[dict[str, DatasetSplits]] = {
+        "vqa-rad": DatasetSplits("vqa-rad", "train", "test"),
+        "slake": DatasetSplits("slake", "train", "test"),
+    }
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "lr": 1e-4,
+        "batch_size": 32,
+        "max_steps": 300,
+        "warmup_steps": 30,
+        "weight_decay": 0.01,
+    }
+    uses_text: ClassVar[bool] = True
+    uses_region_boxes: ClassVar[bool] = True
+
+    def build_model(self, ctx: TaskContext, train_set: Any) -> nn.Module:
+        if ctx.backbone.tokenizer is None:
+            raise ValueError(
+                "VQA encodes the questions with the bundle's tokenizer, but the backbone has "
+                "none: use a bundle written by `cxrvlp export`, or pass --tokenizer with "
+                "--pretrained none"
+            )
+        answers = answer_vocabulary(record.answer for record in train_set.records)
+        write_answers(ctx.out / ANSWERS_FILE, answers)
+        log.info("%s: %d answers in the training split", ctx.dataset, len(answers))
+        return VQAModel(ctx.backbone.model, answers, ctx.linear_probe)
+
+    def collate(self, ctx: TaskContext, model: nn.Module) -> Any:
+        max_length = int(ctx.backbone.config.text.max_length)
+        return VQACollator(ctx.backbone.tokenizer, model.answers, max_length)
+
+    @torch.no_grad()
+    def evaluate(self, ctx: TaskContext, model: nn.Module, test_set: Any) -> dict[str, Any]:
+        if int(model.vocabulary_key) != vocabulary_key(model.answers):
+            raise ValueError(
+                f"the checkpoint in {ctx.out} was trained on another answer vocabulary than "
+                f"the training split at {ctx.root} gives now: the data changed since the run; "
+                "score it on the data it was trained on, or fine-tune again"
+            )
+        collate = self.collate(ctx, model)
+        predictions = predict(model, test_set, collate, ctx.batch_size, ctx.progress)
+        write_predictions(ctx.out / PREDICTIONS_FILE, predictions)
+        return vqa_metrics(predictions, known_answers=model.answers)
+
+
+@torch.no_grad()
+def predict(
+    model: VQAModel,
+    dataset: Any,
+    collate: VQACollator,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One {image_id, question, answer, predicted, answer_type, correct} per readable sample."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    device = next(model.parameters()).device
+    predictions = []
+    for batch in tqdm(loader, desc="vqa", unit="batch", disable=not progress):
+        if "image" not in batch:
+            continue
+        boxes = batch.get("boxes")
+        logits = model.logits(
+            batch["image"].to(device),
+            None if boxes is None else boxes.to(device),
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+        )
+        for row, choice in enumerate(logits.argmax(dim=1).tolist()):
+            prediction = {key: batch[key][row] for key in EXAMPLE_KEYS if key != "predicted"}
+            prediction["predicted"] = model.answers[choice]
+            prediction["correct"] = is_correct(prediction)
+            predictions.append(prediction)
+    return predictions
+
+
+def write_answers(path: Path, answers: list[str]) -> None:
+    path.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_predictions(path: Path, predictions: list[dict[str, Any]]) -> None:
+    lines = (json.dumps(prediction, ensure_ascii=False) for prediction in predictions)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

@@ -1,0 +1,231 @@
+"""Medical VQA fine-tuning: the accuracy metric, the answer vocabulary, the head learning, and
+end-to-end runs on synthetic VQA-RAD and SLAKE."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from cxrvlp.cli import main
+from cxrvlp.data.readers.vqa import SLAKEDataset, VQARADDataset, normalize_answer
+from cxrvlp.metrics.vqa import vqa_metrics
+from cxrvlp.tasks.finetune import (
+    TaskContext,
+    attach_region_boxes,
+    random_backbone,
+    training_texts,
+)
+from cxrvlp.tasks.vqa import (
+    NOT_AN_ANSWER,
+    VQACollator,
+    VQAModel,
+    VQATask,
+    answer_vocabulary,
+)
+
+
+@pytest.fixture(scope="module")
+def world(downstream_world):
+    return downstream_world
+
+
+@pytest.fixture(scope="module")
+def backbone(world):
+    """A random-init gkmvlp-tiny with a WordPiece tokenizer of the VQA-RAD questions."""
+    torch.manual_seed(0)
+    texts = training_texts(VQARADDataset(world / "vqa_rad", split="train", labels_only=True))
+    return random_backbone("gkmvlp-tiny", None, texts)
+
+
+def _prediction(answer, predicted, answer_type, image_id="img"):
+    return {
+        "image_id": image_id,
+        "question": f"q {answer}?",
+        "answer": answer,
+        "predicted": predicted,
+        "answer_type": answer_type,
+    }
+
+
+# ---- metric -----------------------------------------------------------------------------------
+
+
+def test_metric_scores_closed_open_and_overall_by_normalised_exact_match():
+    predictions = [
+        _prediction("Yes", " yes", "CLOSED"),  # case and whitespace do not matter
+        _prediction("no", "yes", "CLOSED"),
+        _prediction("no", "no", "CLOSED"),
+        _prediction("no", "No", "CLOSED"),
+        _prediction("left  lung", "Left Lung", "OPEN"),
+        _prediction("pa", "ap", "OPEN"),
+        _prediction("pleural effusion", "effusion", "OPEN"),  # no partial credit
+    ]
+    results = vqa_metrics(predictions, known_answers=["yes", "no", "left lung", "AP"])
+    assert results["acc_closed"] == pytest.approx(3 / 4)
+    assert results["acc_open"] == pytest.approx(1 / 3)
+    assert results["acc_overall"] == pytest.approx(4 / 7)
+    assert (results["n_closed"], results["n_open"], results["n_overall"]) == (4, 3, 7)
+    assert (results["correct_closed"], results["correct_open"]) == (3, 1)
+    # "pa" and "pleural effusion" are not among the known answers.
+    assert results["unseen_test_answers"] == 2
+    examples = results["examples"]
+    assert [example["correct"] for example in examples] == [True, False] * 3 + [True]
+    assert examples[0]["question"] == "q Yes?" and examples[1]["predicted"] == "yes"
+    assert set(examples[0]) == {"image_id", "question", "answer", "predicted", "answer_type"} | {
+        "correct"
+    }
+
+
+def test_metric_limits_examples_and_leaves_missing_types_unscored():
+    predictions = [_prediction("yes", "yes", "CLOSED", f"i{n}") for n in range(12)]
+    results = vqa_metrics(predictions)
+    assert results["acc_closed"] == 1.0 and results["acc_overall"] == 1.0
+    assert results["acc_open"] is None and results["n_open"] == 0
+    assert "unseen_test_answers" not in results
+    assert [example["image_id"] for example in results["examples"]] == [f"i{n}" for n in range(8)]
+    assert vqa_metrics([])["acc_overall"] is None
+
+
+def test_metric_rejects_an_unknown_answer_type():
+    with pytest.raises(ValueError, match="prediction 1 has answer_type 'YESNO'"):
+        vqa_metrics([_prediction("a", "a", "OPEN"), _prediction("a", "a", "YESNO")])
+
+
+# ---- answer vocabulary ------------------------------------------------------------------------
+
+
+def test_answer_vocabulary_is_normalised_and_ordered_by_count_then_text():
+    answers = ["Yes", "no", "yes ", "PA", "no", "left lung", "YES", "ap", "Left  Lung"]
+    expected = ["yes", "left lung", "no", "ap", "pa"]
+    assert answer_vocabulary(answers) == expected
+    shuffled = list(answers)
+    for seed in range(5):
+        random.Random(seed).shuffle(shuffled)
+        assert answer_vocabulary(shuffled) == expected
+
+
+def test_collator_marks_unseen_answers_and_stacks_region_boxes(world, backbone):
+    dataset = VQARADDataset(world / "vqa_rad", split="test", transform=backbone.transform)
+    attach_region_boxes(dataset, None)
+    samples = [dataset[index] for index in range(4)]
+    answers = [normalize_answer(samples[0].answer), "an answer nobody gives"]
+    batch = VQACollator(backbone.tokenizer, answers, max_length=96)(samples)
+    expected = [0 if normalize_answer(s.answer) == answers[0] else NOT_AN_ANSWER for s in samples]
+    assert batch["answer_index"].tolist() == expected
+    assert batch["boxes"].shape == (4, 29, 4) and torch.isnan(batch["boxes"]).all()
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["input_ids"][:, 0].eq(backbone.tokenizer.cls_token_id).all()
+
+
+# ---- model ------------------------------------------------------------------------------------
+
+
+def test_linear_probe_freezes_the_image_encoder_and_unused_towers(backbone):
+    model = VQAModel(backbone.model, ["yes", "no"], linear_probe=True)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert not any(name.startswith("backbone.image_encoder.") for name in trainable)
+    assert not any(name.startswith("backbone.decoder.") for name in trainable)
+    assert "backbone.image_report_encoder.itm_head.weight" not in trainable
+    for prefix in ("head.", "backbone.text_encoder.", "backbone.image_report_encoder.layers."):
+        assert any(name.startswith(prefix) for name in trainable), prefix
+    model.train()
+    assert model.head.training and not model.backbone.image_encoder.training
+    fine_tuned = VQAModel(backbone.model, ["yes", "no"], linear_probe=False)
+    assert all(p.requires_grad for p in fine_tuned.backbone.image_encoder.parameters())
+
+
+def test_head_fits_a_handful_of_questions(world, backbone, tmp_path):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    dataset = VQARADDataset(world / "vqa_rad", split="train", transform=backbone.transform)
+    attach_region_boxes(dataset, None)
+    samples = [dataset[index] for index in range(10)]
+    answers = answer_vocabulary(sample.answer for sample in samples)
+    assert len(answers) >= 3
+    batch = VQACollator(backbone.tokenizer, answers, max_length=96)(samples)
+    majority = batch["answer_index"].bincount().max().item() / len(samples)
+    # A linear probe: the stem's BatchNorm running statistics would need far more than these
+    # few steps to match the batch statistics, and the scoring is in eval mode.
+    model = VQAModel(backbone.model, answers, linear_probe=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    model.train()
+    for _ in range(24):
+        model(batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        logits = model.logits(
+            batch["image"], batch["boxes"], batch["input_ids"], batch["attention_mask"]
+        )
+    accuracy = (logits.argmax(dim=1) == batch["answer_index"]).float().mean().item()
+    assert majority <= 0.5 and accuracy >= 0.9
+
+    # The same weights under another answer order (a changed training split) are refused.
+    reordered = VQAModel(backbone.model, list(reversed(answers)), linear_probe=False)
+    reordered.load_state_dict(model.state_dict())
+    ctx = TaskContext(
+        task="vqa",
+        dataset="vqa-rad",
+        root=world / "vqa_rad",
+        out=tmp_path,
+        backbone=backbone,
+        init="random",
+    )
+    with pytest.raises(ValueError, match="another answer vocabulary"):
+        VQATask().evaluate(ctx, reordered, dataset)
+
+
+# ---- end to end -------------------------------------------------------------------------------
+
+
+def _finetune(world, folder, dataset, run):
+    argv = ["finetune", "vqa", "--pretrained", "none", "--dataset", dataset]
+    argv += ["--root", str(world / folder), "--out", str(run), "--max-steps", "3"]
+    assert main([*argv, "--batch-size", "2", "--threads", "1", "--quiet"]) == 0
+    return json.loads((run / "results.json").read_text())
+
+
+def _check_run(run, results, test_questions):
+    for key in ("acc_closed", "acc_open", "acc_overall"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["n_overall"] == results["test_samples"] == len(test_questions)
+    answers = json.loads((run / "answers.json").read_text())
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    predictions = [json.loads(line) for line in lines]
+    assert [(p["question"], p["answer"]) for p in predictions] == test_questions
+    assert all(p["predicted"] in answers for p in predictions)
+    unseen = [p for p in predictions if normalize_answer(p["answer"]) not in answers]
+    assert results["unseen_test_answers"] == len(unseen)
+    assert not any(p["correct"] for p in unseen)
+    correct = sum(p["correct"] for p in predictions)
+    assert results["acc_overall"] == pytest.approx(correct / len(predictions))
+    assert 1 <= len(results["examples"]) <= 8
+    return answers
+
+
+def test_finetune_vqa_rad_end_to_end_and_rescore(world, tmp_path):
+    run = tmp_path / "run"
+    results = _finetune(world, "vqa_rad", "vqa-rad", run)
+    test = VQARADDataset(world / "vqa_rad", split="test", labels_only=True)
+    train = VQARADDataset(world / "vqa_rad", split="train", labels_only=True)
+    answers = _check_run(run, results, [(r.question, r.answer) for r in test.records])
+    assert answers == answer_vocabulary(r.answer for r in train.records)
+    assert results["steps"] == 3 and results["dataset"] == "vqa-rad"
+
+    assert main(["evaluate", "vqa", "--run", str(run), "--quiet"]) == 0
+    rescored = json.loads((run / "results.json").read_text())
+    assert rescored["rescored"] is True
+    assert rescored["acc_overall"] == results["acc_overall"]
+    assert json.loads((run / "answers.json").read_text()) == answers
+
+
+def test_finetune_slake_end_to_end(world, tmp_path):
+    run = tmp_path / "run"
+    results = _finetune(world, "slake", "slake", run)
+    test = SLAKEDataset(world / "slake", split="test", labels_only=True)
+    _check_run(run, results, [(r.question, r.answer) for r in test.records])
+    assert results["dataset"] == "slake" and results["train_samples"] == len(
+        SLAKEDataset(world / "slake", split="train", labels_only=True)
+    )
