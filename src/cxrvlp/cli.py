@@ -17,6 +17,7 @@ from cxrvlp.models import command as models_command
 from cxrvlp.synth import command as synth_command
 from cxrvlp.tasks import command as evaluate_command
 from cxrvlp.tasks import finetune as finetune_command
+from cxrvlp.tasks import generate_command
 from cxrvlp.text import command as text_command
 
 COMMANDS = {
@@ -29,6 +30,7 @@ COMMANDS = {
     "export": export_command,
     "evaluate": evaluate_command,
     "finetune": finetune_command,
+    "generate": generate_command,
     "demo": demo_command,
 }
 

@@ -65,6 +65,7 @@ class ClassificationTask:
         "weight_decay": 0.01,
     }
     uses_text: ClassVar[bool] = False
+    exports_bundle: ClassVar[bool] = False
     uses_region_boxes: ClassVar[bool] = False
 
     def build_model(self, ctx: TaskContext, train_set: Any) -> nn.Module:

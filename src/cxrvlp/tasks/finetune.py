@@ -5,7 +5,8 @@ A task is a class with a small contract (:class:`FinetuneTask`): the data sets i
 training defaults, the model it builds on the backbone, its collate function and its
 evaluation. RUN receives ``finetune.json`` (what was asked), ``backbone/`` (the starting
 architecture and tokenizer, so the run can be re-scored), the Trainer's checkpoints, metrics
-and loss curve, and ``results.json``.
+and loss curve, ``results.json``, and for report generation ``model/``, the fine-tuned model
+as a bundle that `cxrvlp generate --model` reads.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ TASK_MODULES = {
 }
 FINETUNE_FILE = "finetune.json"
 BACKBONE_DIR = "backbone"
+BUNDLE_DIR = "model"
 RESULTS_FILE = "results.json"
 RANDOM_INIT = "none"
 
@@ -98,6 +100,7 @@ class FinetuneTask(Protocol):
     train_defaults: ClassVar[dict[str, Any]]  # TrainConfig fields
     uses_text: ClassVar[bool]  # needs the tokenizer (generation, VQA)
     uses_region_boxes: ClassVar[bool]  # its model runs the GK module
+    exports_bundle: ClassVar[bool]  # RUN/model: the fine-tuned GK-MVLP as a model bundle
 
     def build_model(self, ctx: TaskContext, train_set: Any) -> nn.Module: ...
 
@@ -361,6 +364,9 @@ def finetune(
     )
     summary = trainer.run()
     model.eval()
+    if task.exports_bundle:
+        info = {**backbone.info, "finetuned": task_name, "dataset": dataset, "run": str(out)}
+        write_bundle(out / BUNDLE_DIR, backbone.config, backbone.tokenizer, info, backbone.model)
     results = task.evaluate(ctx, model, test_set)
     results = {
         "task": task_name,

@@ -141,6 +141,7 @@ class VQATask:
         "weight_decay": 0.01,
     }
     uses_text: ClassVar[bool] = True
+    exports_bundle: ClassVar[bool] = False
     uses_region_boxes: ClassVar[bool] = True
 
     def build_model(self, ctx: TaskContext, train_set: Any) -> nn.Module:
