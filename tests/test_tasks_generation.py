@@ -2,6 +2,7 @@
 the fine-tuning task end to end, and `cxrvlp generate`."""
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -77,7 +78,8 @@ def test_caption_metrics_without_java_tokenise_by_regex_and_leave_meteor_out(
     monkeypatch, tmp_path, caplog
 ):
     monkeypatch.setenv("PATH", str(tmp_path))  # no java there
-    short = caption_metrics(["Heart is enlarged."], ["The heart is enlarged."])
+    with caplog.at_level(logging.WARNING, logger="cxrvlp.metrics.captioning"):
+        short = caption_metrics(["Heart is enlarged."], ["The heart is enlarged."])
     assert short["caption_tokenizer"] == "regex"
     assert short["meteor"] is None
     assert "java" in short["meteor_unavailable"]

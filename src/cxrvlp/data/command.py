@@ -88,12 +88,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    logging.getLogger("cxrvlp").setLevel(logging.ERROR)  # problems are reported below instead
+    package_log = logging.getLogger("cxrvlp")
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)  # problems are reported below instead
     try:
         dataset = open_reader(args, labels_only=args.labels_only)
     except (DataError, OSError, ValueError) as error:
         print(f"cxrvlp data inspect: cannot use {args.root}: {error}", file=sys.stderr)
         return 2
+    finally:
+        package_log.setLevel(level)  # in-process callers (tests, the demo) keep their warnings
     summary = dataset.summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
