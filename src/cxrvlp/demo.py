@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """Run the whole pipeline on a synthetic world and write a report.
 
-  cxrvlp demo --out runs/demo                       # the CPU demo (configs/demo.yaml)
+  cxrvlp demo --out runs/demo                       # the CPU demo (about 30 min on 2 cores)
   cxrvlp demo --out runs/demo finetune.fractions=[1.0] pretrain.max_steps=100
 
 OUT receives world/, detector/, pretrain-gkmvlp/, pretrain-itc/, models, evaluations,
@@ -252,7 +252,7 @@ class Demo:
         runs = []
         for spec in c.runs:
             for init in c.inits:
-                for fraction in c.fractions:
+                for fraction in spec.get("fractions", c.fractions):
                     mode = "probe" if spec.linear_probe else "tune"
                     name = f"{spec.task}-{spec.dataset}-{mode}-{init}-{fraction:g}"
                     runs.append((name, {"spec": spec, "init": init, "fraction": fraction}))

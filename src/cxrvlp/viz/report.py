@@ -89,12 +89,11 @@ def _group(finetune: dict[str, dict]) -> dict[str, dict[tuple[str, float], dict]
 def finetune_tables(results: dict[str, Any]) -> tuple[list[Table], list[str]]:
     """One headline table per (task, data set, mode): rows = starting points, columns = label
     fractions; and the comparisons of GK-MVLP with the other rows."""
-    config = results["config"]["finetune"]
-    fractions = [float(f) for f in config["fractions"]]
-    inits = list(config["inits"])
+    inits = list(results["config"]["finetune"]["inits"])
     tables, comparisons = [], []
     for key, runs in _group(results["finetune"]).items():
         task = key.split(" | ")[0]
+        fractions = sorted({fraction for _, fraction in runs})
         metric, label = HEADLINE[task]
         rows = []
         for init in inits:
@@ -160,7 +159,6 @@ def pretraining_table(results: dict[str, Any]) -> Table:
 def plot_roc_curves(results: dict[str, Any], out: Path) -> Path | None:
     """ROC curves of the classification runs at the largest fraction, one panel per run group
     and starting point (every class a thin line)."""
-    fractions = [float(f) for f in results["config"]["finetune"]["fractions"]]
     groups = {k: v for k, v in _group(results["finetune"]).items() if k.startswith("classif")}
     inits = list(results["config"]["finetune"]["inits"])
     if not groups:
@@ -171,7 +169,7 @@ def plot_roc_curves(results: dict[str, Any], out: Path) -> Path | None:
     for row, (key, runs) in enumerate(groups.items()):
         for column, init in enumerate(inits):
             axis = axes[row][column]
-            run = runs.get((init, fractions[-1]), {})
+            run = runs.get((init, max(f for _, f in runs)), {})
             for curve in run.get("roc", {}).values():
                 axis.plot(curve["fpr"], curve["tpr"], linewidth=0.8)
             axis.plot([0, 1], [0, 1], "k--", linewidth=0.5)
