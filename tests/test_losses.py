@@ -86,7 +86,7 @@ def test_lm_loss_is_the_mean_next_token_cross_entropy_without_padding():
     assert total.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_ecls_loss_matches_each_present_pair_against_every_absent_pair():
+def test_ecls_loss_matches_each_present_pair_against_same_entity_and_same_image_negatives():
     scores = torch.tensor([[2.0, 0.5, -1.0, 3.0], [0.0, 1.0, 2.0, 0.0]])
     targets = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]])
     valid = torch.tensor([[True, True, True, False], [True, True, True, True]])
@@ -95,20 +95,23 @@ def test_ecls_loss_matches_each_present_pair_against_every_absent_pair():
     def one(positive, negatives):
         return -(positive - math.log(math.exp(positive) + sum(math.exp(n) for n in negatives)))
 
-    # Negatives: 0.5 of image 0 (3.0 is uncertain: left out) and all four pairs of image 1.
-    negatives = [0.5, 0.0, 1.0, 2.0, 0.0]
+    # (0, 0): entity 0 absent in image 1 (0.0) + image 0's absent entity 1 (0.5); the
+    # uncertain 3.0 is left out. (0, 2): entity 2 absent in image 1 (2.0) + the same 0.5.
     assert count.item() == 2
-    assert total.item() == pytest.approx(one(2.0, negatives) + one(-1.0, negatives), rel=1e-5)
+    expected = one(2.0, [0.0, 0.5]) + one(-1.0, [2.0, 0.5])
+    assert total.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_ecls_takes_the_global_batch_negatives_when_given():
+def test_ecls_takes_the_same_entity_negatives_from_the_global_batch():
     scores = torch.tensor([[1.0, -1.0]])
     targets = torch.tensor([[1.0, 0.0]])
     valid = torch.ones(1, 2, dtype=torch.bool)
-    everyone = torch.tensor([[1.0, -1.0], [0.5, 3.0]])
-    negatives = torch.tensor([[False, True], [True, False]])
+    everyone = torch.tensor([[1.0, -1.0], [0.5, 3.0], [0.25, 2.0]])
+    negatives = torch.tensor([[False, True], [True, False], [True, True]])
     total, count = ecls_loss_terms(scores, targets, valid, everyone, negatives)
-    expected = -(1.0 - math.log(math.exp(1.0) + math.exp(-1.0) + math.exp(0.5)))
+    # Entity 0 absent in the other two images (0.5, 0.25) + this image's absent entity (-1.0).
+    negatives_sum = math.exp(0.5) + math.exp(0.25) + math.exp(-1.0)
+    expected = -(1.0 - math.log(math.exp(1.0) + negatives_sum))
     assert count.item() == 1 and total.item() == pytest.approx(expected, rel=1e-5)
 
 

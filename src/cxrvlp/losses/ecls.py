@@ -1,12 +1,13 @@
 """Entity classification loss (ECLS): present (image, entity) pairs against absent ones.
 
-Every present pair of an image competes with all absent pairs of the global batch (entities
-the reports state absent or do not mention, in any image):
-``-log(exp(s_p) / (exp(s_p) + sum_n exp(s_n)))``, averaged over the present pairs. Uncertain
-mentions take no part; images without a present entity add only negatives. Competing across
-images, not only within one, is what makes a score comparable between images (entity
-presence read from it): with negatives from the same image only, a pre-trained tiny model's
-per-entity AUROC stayed at 0.69 (0.35 for central venous catheters).
+A present pair (i, e) competes with the pairs that say "not e" or "not in i": the absent pairs
+of the same entity in every image of the global batch, and the other entities image i lacks:
+``-log(exp(s_ie) / (exp(s_ie) + sum_j exp(s_je) + sum_e' exp(s_ie')))``, averaged over the
+present pairs. Uncertain mentions take no part; images without a present entity add only
+negatives. The same-entity negatives across images rank images per entity (what entity
+presence read from the score needs); the same-image ones keep entities of one image apart.
+Measured on gkmvlp-tiny pre-trained 1,000 steps (macro AUROC of the score, report labels):
+same-image negatives only 0.69, every absent pair of the batch 0.77, these negatives 0.83.
 """
 
 from __future__ import annotations
@@ -18,21 +19,24 @@ def ecls_loss_terms(
     scores: torch.Tensor,
     targets: torch.Tensor,
     valid: torch.Tensor,
-    negative_scores: torch.Tensor | None = None,
-    negative_mask: torch.Tensor | None = None,
+    batch_scores: torch.Tensor | None = None,
+    batch_negatives: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss over the present pairs of ``scores`` and how many there were.
 
     ``scores`` (B, E); ``targets`` (B, E) 1 = present, 0 = absent; ``valid`` (B, E) bool.
-    ``negative_scores`` / ``negative_mask``: the scores of the whole (global) batch and which of
-    them are negatives; by default the absent pairs of ``scores`` itself.
+    ``batch_scores`` / ``batch_negatives``: the scores of the whole (global) batch and which of
+    them are absent pairs, for the same-entity negatives; by default ``scores`` itself.
     """
     scores = scores.float()
     positive = valid & (targets > 0.5)
-    if negative_scores is None:
-        negative_scores, negative_mask = scores, valid & (targets < 0.5)
-    negatives_lse = torch.logsumexp(
-        negative_scores.float().masked_fill(~negative_mask, float("-inf")).flatten(), dim=0
+    own_negatives = valid & (targets < 0.5)
+    if batch_scores is None:
+        batch_scores, batch_negatives = scores, own_negatives
+    same_entity = torch.logsumexp(
+        batch_scores.float().masked_fill(~batch_negatives, float("-inf")), dim=0
     )
+    same_image = torch.logsumexp(scores.masked_fill(~own_negatives, float("-inf")), dim=1)
+    negatives_lse = torch.logaddexp(same_entity[None, :], same_image[:, None])
     per_positive = torch.logaddexp(scores, negatives_lse) - scores
     return (per_positive * positive).sum(), positive.sum()
