@@ -92,3 +92,24 @@ def test_zero_shot_scores_every_promptable_class(downstream_world, tmp_path, pre
     results = json.loads((out / "results.json").read_text())
     assert "No Finding" not in results["per_class"] and len(results["per_class"]) == 14
     assert results["classes_scored"] >= 1 and 0.0 <= results["auroc"] <= 1.0
+
+
+def test_detector_annotates_each_image_of_a_vqa_set_once(downstream_world, tmp_path):
+    from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+    from cxrvlp.data.pretraining import read_detector_boxes
+    from cxrvlp.data.readers.vqa import SLAKEDataset
+    from cxrvlp.detector.export import save_detector
+    from cxrvlp.models.detector import DetectorConfig, RegionDetector
+
+    config = DetectorConfig(image_size=64)
+    config.relative_to_lungs = [[0.0, 0.0, 0.5, 0.5]] * len(CHEST_IMAGENOME_REGIONS)
+    config.relative_to_image = [[0.1, 0.1, 0.4, 0.6]] * len(CHEST_IMAGENOME_REGIONS)
+    detector = save_detector(RegionDetector(config), tmp_path / "detector")
+    root, out = downstream_world / "slake", tmp_path / "boxes.jsonl"
+    argv = ["detector", "annotate", "--model", str(detector), "--dataset", "slake"]
+    assert main([*argv, "--root", str(root), "--out", str(out)]) == 0
+    images = {record.image_id for record in SLAKEDataset(root).records}
+    rows = out.read_text().splitlines()
+    assert len(rows) == len(images) < len(SLAKEDataset(root).records)
+    boxes = read_detector_boxes(out)
+    assert set(boxes) == images and next(iter(boxes.values())).shape == (29, 4)

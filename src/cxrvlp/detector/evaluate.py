@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
@@ -133,10 +133,17 @@ def draw_overlay(path: Path, result: dict, out: Path) -> Path:
 
 
 def annotate_dataset(model: RegionDetector, dataset, out: Path, progress: bool = True) -> dict:
-    """Write every image's 29 boxes (file pixels) to JSONL once, for pre-training to read."""
+    """Write every image's 29 boxes (file pixels) to JSONL once, for pre-training to read.
+
+    Records that share an image (VQA questions about one film) are annotated once.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
-    loader = DataLoader(dataset, batch_size=8, collate_fn=collate_samples)
+    first_of_image: dict[str, int] = {}
+    for index, record in enumerate(dataset.records):
+        first_of_image.setdefault(record.image_id, index)
+    images = Subset(dataset, sorted(first_of_image.values()))
+    loader = DataLoader(images, batch_size=8, collate_fn=collate_samples)
     size = model.config.image_size
     with out.open("w") as stream:
         for batch in tqdm(loader, desc="annotate", unit="batch", disable=not progress):
