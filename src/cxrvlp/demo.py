@@ -45,7 +45,7 @@ DEFAULT_CONFIG = {
     "workers": 2,
     "threads": 2,
     "tokenizer": {"vocab_size": 2000},
-    "detector": {"image_size": 160, "batch_size": 4, "max_steps": 150},
+    "detector": {"image_size": 160, "batch_size": 4, "max_steps": 120},
     "pretrain": {
         "config": None,
         "batch_size": 32,
@@ -65,10 +65,17 @@ DEFAULT_CONFIG = {
             {"task": "classification", "dataset": "nih", "linear_probe": True, "steps": 40},
             {"task": "classification", "dataset": "chexpert", "linear_probe": True, "steps": 40},
             {"task": "classification", "dataset": "rsna", "linear_probe": False, "steps": 40},
-            {"task": "localization", "dataset": "rsna", "linear_probe": False, "steps": 40},
-            {"task": "generation", "dataset": "iu-xray", "linear_probe": False, "steps": 60},
-            {"task": "vqa", "dataset": "vqa-rad", "linear_probe": False, "steps": 60},
-            {"task": "vqa", "dataset": "slake", "linear_probe": False, "steps": 60},
+            {
+                "task": "localization",
+                "dataset": "rsna",
+                "linear_probe": False,
+                "steps": 40,
+                "batch_size": 8,
+                "lr": 3.0e-4,
+            },
+            {"task": "generation", "dataset": "iu-xray", "linear_probe": False, "steps": 50},
+            {"task": "vqa", "dataset": "vqa-rad", "linear_probe": False, "steps": 40, "lr": 5.0e-4},
+            {"task": "vqa", "dataset": "slake", "linear_probe": False, "steps": 40, "lr": 5.0e-4},
         ],
     },
 }
@@ -274,11 +281,13 @@ class Demo:
                 "finetune", spec.task, "--pretrained", pretrained, "--dataset", spec.dataset,
                 "--root", self._data_root(spec.dataset), "--out", folder / name,
                 "--fraction", run["fraction"], "--max-steps", spec.steps,
-                "--batch-size", self.config.finetune.batch_size,
+                "--batch-size", spec.get("batch_size", self.config.finetune.batch_size),
                 "--threads", self.config.threads, "--quiet",
             ]  # fmt: skip
             if spec.linear_probe:
                 argv.append("--linear-probe")
+            if spec.get("lr"):
+                argv += ["--lr", spec.lr]
             if init == "random":
                 argv += ["--tokenizer", self.tokenizer]
             if spec.task in GK_TASKS:

@@ -59,6 +59,7 @@ class ClassificationTask:
     }
     train_defaults: ClassVar[dict[str, Any]] = {
         "lr": 3e-4,
+        "probe_lr": 1e-2,  # only a linear head learns: it needs a larger step to converge
         "batch_size": 32,
         "max_steps": 200,
         "warmup_steps": 20,

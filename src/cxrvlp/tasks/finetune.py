@@ -348,7 +348,9 @@ def finetune(
     steps = int(max_steps or defaults.get("max_steps", 200))
     config = TrainConfig(
         batch_size=min(ctx.batch_size, len(train_set)),
-        lr=float(lr or defaults.get("lr", 1e-4)),
+        lr=float(
+            lr or defaults.get("probe_lr" if linear_probe else "lr", defaults.get("lr", 1e-4))
+        ),
         weight_decay=float(defaults.get("weight_decay", 0.01)),
         warmup_steps=min(int(defaults.get("warmup_steps", 20)), max(1, steps // 5)),
         max_steps=steps,

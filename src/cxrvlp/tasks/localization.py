@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 from tqdm import tqdm
 
@@ -48,6 +49,8 @@ EXAMPLES = 8
 DRAW_THRESHOLD = 0.3
 EXAMPLE_BOXES = 10  # top-scoring predictions kept per example in results.json
 PICTURE_FILE = "detections.png"
+ROI_SIZE = 7
+BOX_HEAD_WIDTH = 256
 
 
 class SimplePyramid(nn.Module):
@@ -97,14 +100,14 @@ class LocalizationModel(nn.Module):
         patch_stride = size / image_encoder.grid
         pooler = MultiScaleRoIAlign(
             list(PYRAMID_LEVELS),
-            output_size=7,
+            output_size=ROI_SIZE,
             sampling_ratio=2,
             canonical_scale=round(POOL_CANONICAL_FRACTION * size),
             canonical_level=round(math.log2(patch_stride)),
         )
         self.detector = FasterRCNN(
             backbone,
-            num_classes=len(CLASS_NAMES),
+            num_classes=None,  # the box predictor below has the two classes
             # The images come normalised at the encoder's size: no resizing (min = max = the
             # size), no padding (size_divisible = the size) and an identity normalisation
             # (mean 0, std 1 broadcast over any channel count).
@@ -120,7 +123,11 @@ class LocalizationModel(nn.Module):
             rpn_post_nms_top_n_train=300,
             rpn_pre_nms_top_n_test=600,
             rpn_post_nms_top_n_test=300,
-            box_batch_size_per_image=128,
+            box_batch_size_per_image=64,
+            # A 256-wide box head instead of COCO's 1024: two classes, and its first layer
+            # (pooled map -> representation) was most of a CPU step.
+            box_head=TwoMLPHead(backbone.out_channels * ROI_SIZE**2, BOX_HEAD_WIDTH),
+            box_predictor=FastRCNNPredictor(BOX_HEAD_WIDTH, len(CLASS_NAMES)),
             box_score_thresh=EVAL_SCORE_THRESHOLD,
         )
 
