@@ -101,18 +101,19 @@ def _write_json(path: Path, document: dict) -> None:
     atomic_write(path, lambda target: target.write_text(text))
 
 
-def load_pretrained(model_dir: str | Path, device: str = "cpu") -> Pretrained:
-    """Load a bundle written by ``cxrvlp export``."""
+def load_pretrained(model_dir: str | Path, device: str = "cpu", weights: bool = True) -> Pretrained:
+    """Load a bundle written by ``cxrvlp export``; with ``weights=False`` only its architecture
+    (freshly initialised), tokenizer if any, and preprocessing, as a fine-tuning run keeps them
+    (``write_bundle`` without a model)."""
     from cxrvlp.data.transforms import transform_from_config
     from cxrvlp.models.registry import model_from_config
     from cxrvlp.recipes.batch import attach_prompts
     from cxrvlp.text.tokenizer import load_tokenizer
 
     folder = Path(model_dir)
+    required = (MODEL_CONFIG_FILE, PREPROCESSING_FILE, EXPORT_FILE)
     missing = [
-        name
-        for name in (WEIGHTS_FILE, MODEL_CONFIG_FILE, PREPROCESSING_FILE, EXPORT_FILE)
-        if not (folder / name).is_file()
+        name for name in (WEIGHTS_FILE,) * weights + required if not (folder / name).is_file()
     ]
     if missing:
         raise FileNotFoundError(
@@ -121,10 +122,15 @@ def load_pretrained(model_dir: str | Path, device: str = "cpu") -> Pretrained:
         )
     config = OmegaConf.load(folder / MODEL_CONFIG_FILE)
     info = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))
-    tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
-    model = model_from_config(config, vocab_size=len(tokenizer))
-    load_weights(model, folder / WEIGHTS_FILE, strict=True)
-    attach_prompts(model, tokenizer)
+    # Image-only fine-tuning runs of a random model keep no tokenizer; bundles always do.
+    tokenizer = None
+    if weights or (folder / TOKENIZER_DIR).is_dir():
+        tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
+    model = model_from_config(config, vocab_size=len(tokenizer) if tokenizer else None)
+    if weights:
+        load_weights(model, folder / WEIGHTS_FILE, strict=True)
+    if tokenizer is not None:
+        attach_prompts(model, tokenizer)
     model.to(device).eval()
     preprocessing = json.loads((folder / PREPROCESSING_FILE).read_text(encoding="utf-8"))
     return Pretrained(

@@ -25,10 +25,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cxrvlp.export import (
-    EXPORT_FILE,
-    MODEL_CONFIG_FILE,
-    PREPROCESSING_FILE,
-    TOKENIZER_DIR,
     Pretrained,
     write_bundle,
 )
@@ -145,27 +141,6 @@ def random_backbone(model_name: str, tokenizer_dir: Path | None, texts: list[str
         transform=transform_from_config(image, augment=False),
         config=model.config,
         info={"model_name": model_name, "init": "random"},
-    )
-
-
-def _read_backbone(folder: Path) -> Pretrained:
-    """The architecture of ``folder`` (a bundle without weights) with fresh weights."""
-    from cxrvlp.data.transforms import transform_from_config
-    from cxrvlp.models.registry import model_from_config
-    from cxrvlp.recipes.batch import attach_prompts
-    from cxrvlp.text.tokenizer import load_tokenizer
-
-    config = OmegaConf.load(folder / MODEL_CONFIG_FILE)
-    tokenizer = None
-    if (folder / TOKENIZER_DIR).is_dir():
-        tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
-    model = model_from_config(config, vocab_size=len(tokenizer) if tokenizer else None)
-    if tokenizer is not None:
-        attach_prompts(model, tokenizer)
-    preprocessing = json.loads((folder / PREPROCESSING_FILE).read_text())
-    info = json.loads((folder / EXPORT_FILE).read_text())
-    return Pretrained(
-        model, tokenizer, transform_from_config(preprocessing, augment=False), config, info
     )
 
 
@@ -392,6 +367,7 @@ def rescore(task_name: str, run_dir: Path, progress: bool = True) -> dict[str, A
     """Score a fine-tuning RUN again from its latest checkpoint (`cxrvlp evaluate TASK --run`)."""
     from cxrvlp.data.pretraining import read_detector_boxes
     from cxrvlp.engine.checkpoint import LATEST, CheckpointManager
+    from cxrvlp.export import load_pretrained
 
     request_path = Path(run_dir) / FINETUNE_FILE
     if not request_path.is_file():
@@ -400,7 +376,7 @@ def rescore(task_name: str, run_dir: Path, progress: bool = True) -> dict[str, A
     if request["task"] != task_name:
         raise ValueError(f"{run_dir} is a {request['task']} run, not {task_name}")
     task = task_class(task_name)()
-    backbone = _read_backbone(Path(run_dir) / BACKBONE_DIR)
+    backbone = load_pretrained(Path(run_dir) / BACKBONE_DIR, weights=False)
     boxes = request.get("boxes")
     ctx = TaskContext(
         task=task_name,
