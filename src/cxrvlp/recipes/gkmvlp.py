@@ -165,6 +165,10 @@ class GKMVLP(nn.Module):
             positions = self.knowledge_encoder(self.position_ids, self.position_mask)[:, 0]
         return entities, positions
 
+    def image_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
+        """ITC embedding of images from the image encoder's pooled vector (no GK module)."""
+        return F.normalize(self.image_proj(pooled).float(), dim=-1)
+
     def encode_image(
         self,
         images: torch.Tensor,
@@ -174,7 +178,7 @@ class GKMVLP(nn.Module):
     ) -> ImageFeatures:
         """ITC embedding, the tokens the report towers attend to, and the GK result."""
         vit_tokens, pooled = self.image_encoder(images)
-        embedding = F.normalize(self.image_proj(pooled).float(), dim=-1)
+        embedding = self.image_embedding(pooled)
         grounding = None
         tokens = vit_tokens
         if self.gk is not None:

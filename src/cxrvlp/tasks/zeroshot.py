@@ -63,7 +63,7 @@ def zero_shot_scores(
             continue
         # ITC embedding only: no region boxes are needed, so the GK module is not run.
         _, pooled = model.image_encoder(batch["image"].to(device))
-        image = torch.nn.functional.normalize(model.image_proj(pooled).float(), dim=-1)
+        image = model.image_embedding(pooled)
         logits = scale * torch.stack([image @ positive.T, image @ negative.T], dim=-1)
         parts["p"].append(logits.softmax(dim=-1)[..., 0].cpu())
         parts["y"].append(batch["labels"][:, columns])
