@@ -3,6 +3,7 @@
 import json
 
 from cxrvlp.cli import main
+from cxrvlp.demo import Demo, demo_config
 
 MICRO = """
 world: {studies: 40, image_size: 96, downstream_fraction: 0.5}
@@ -46,3 +47,23 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
     # A second call finds every step done and only rewrites the report.
     assert main(["demo", "--out", str(out), "--config", str(config)]) == 0
     assert "done already" in capsys.readouterr().out
+
+
+def test_demo_without_finetuning_runs_marks_the_step_done(tmp_path):
+    demo = Demo(tmp_path / "demo", demo_config(None, ["finetune.runs=[]"]))
+    demo.finetune_all()
+    assert json.loads((tmp_path / "demo" / "finetune" / "done.json").read_text()) == {"runs": 0}
+
+
+def test_demo_pretraining_is_bounded_by_steps_unless_minutes_are_given(tmp_path, monkeypatch):
+    def pretrain_argv(overrides):
+        calls = []
+        demo = Demo(tmp_path, demo_config(None, overrides))
+        monkeypatch.setattr(demo, "_cli", calls.append)
+        demo.pretrain("gkmvlp", [])
+        return calls[0]  # the pretrain command; the export follows it
+
+    default = pretrain_argv(None)
+    assert "train.max_minutes=null" in default
+    assert default[default.index("--max-steps") + 1] == 300
+    assert "train.max_minutes=5.0" in pretrain_argv(["pretrain.max_minutes=5.0"])

@@ -101,7 +101,9 @@ class LocalizationModel(nn.Module):
         pooler = MultiScaleRoIAlign(
             list(PYRAMID_LEVELS),
             output_size=ROI_SIZE,
-            sampling_ratio=2,
+            # One bilinear sample per bin: torchvision's CPU RoIAlign backward runs on one
+            # thread and was 40 % of a training step with 2x2 samples and 64 RoIs per image.
+            sampling_ratio=1,
             canonical_scale=round(POOL_CANONICAL_FRACTION * size),
             canonical_level=round(math.log2(patch_stride)),
         )
@@ -118,12 +120,12 @@ class LocalizationModel(nn.Module):
             image_std=[1.0],
             rpn_anchor_generator=anchors,
             box_roi_pool=pooler,
-            # A radiograph holds a few opacities at most: far fewer proposals than COCO.
+            # A radiograph holds a few opacities at most: far fewer proposals and RoIs than COCO.
             rpn_pre_nms_top_n_train=600,
             rpn_post_nms_top_n_train=300,
             rpn_pre_nms_top_n_test=600,
             rpn_post_nms_top_n_test=300,
-            box_batch_size_per_image=64,
+            box_batch_size_per_image=32,  # a film holds at most a few opacities
             # A 256-wide box head instead of COCO's 1024: two classes, and its first layer
             # (pooled map -> representation) was most of a CPU step.
             box_head=TwoMLPHead(backbone.out_channels * ROI_SIZE**2, BOX_HEAD_WIDTH),
