@@ -250,6 +250,28 @@ def test_finetune_generation_end_to_end(iu_world, tmp_path):
     assert cli.main(["generate", str(image), "--model", str(out / "model"), "--beams", "1"]) == 0
 
 
+def test_finetune_generation_on_mimic_cxr_scores_the_official_test_split(
+    make_mimic_world, tmp_path
+):
+    """MIMIC-CXR-JPG root with the reports unzipped beside it, as `cxrvlp synth` writes them."""
+    from cxrvlp.data.readers.mimic import MIMICCXRDataset
+
+    root = make_mimic_world(40) / "mimic-cxr-jpg"
+    out = tmp_path / "run"
+    argv = ["finetune", "generation", "--pretrained", "none", "--dataset", "mimic-cxr"]
+    argv += ["--root", str(root), "--out", str(out), "--max-steps", "2", "--batch-size", "2"]
+    assert cli.main([*argv, "--threads", "1", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = [json.loads(line) for line in (out / "generated.jsonl").read_text().splitlines()]
+    test = MIMICCXRDataset(root, split="test", labels_only=True)
+    assert len(rows) == results["scored_samples"] > 0
+    assert {row["reference"] for row in rows} == {
+        record.report.findings_and_impression for record in test.records
+    }
+    assert 0.0 <= results["bleu4"] <= results["bleu1"] <= 1.0
+    assert (out / "model" / "model.safetensors").is_file()
+
+
 def test_collate_skips_empty_reports_and_stacks_views(bundle):
     tokenizer = load_pretrained(bundle).tokenizer
     image = torch.zeros(1, 8, 8)
