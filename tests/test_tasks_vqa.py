@@ -21,6 +21,7 @@ from cxrvlp.tasks.vqa import (
     VQACollator,
     VQAModel,
     VQATask,
+    answer_log_prior,
     answer_vocabulary,
 )
 
@@ -118,7 +119,32 @@ def test_collator_marks_unseen_answers_and_stacks_region_boxes(world, backbone):
     assert batch["input_ids"][:, 0].eq(backbone.tokenizer.cls_token_id).all()
 
 
+def test_answer_log_prior_is_the_log_frequency_in_vocabulary_order():
+    answers = ["no", "No ", "yes", "no", "left lung"]
+    vocabulary = answer_vocabulary(answers)
+    assert vocabulary == ["no", "left lung", "yes"]
+    prior = answer_log_prior(answers, vocabulary)
+    assert prior.exp().tolist() == pytest.approx([3 / 5, 1 / 5, 1 / 5])
+    with pytest.raises(ValueError, match="never occur"):
+        answer_log_prior(answers, [*vocabulary, "right lung"])
+
+
 # ---- model ------------------------------------------------------------------------------------
+
+
+def test_head_starts_at_the_training_answer_prior(backbone):
+    answers = ["no", "yes", "left lung"]
+    prior = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    model = VQAModel(backbone.model, answers, linear_probe=True, answer_log_prior=prior)
+    assert model.head[-1].bias.tolist() == pytest.approx(prior.tolist())
+    # Hidden features only shift the logits around the prior: with the output weights zeroed,
+    # every question is answered with the training distribution.
+    torch.nn.init.zeros_(model.head[-1].weight)
+    hidden = torch.randn(5, model.head[0].in_features)
+    probabilities = model.head(hidden).softmax(dim=1)
+    assert torch.allclose(probabilities, torch.tensor([0.6, 0.3, 0.1]).expand(5, 3), atol=1e-6)
+    with pytest.raises(ValueError, match="one value per answer"):
+        VQAModel(backbone.model, answers, linear_probe=True, answer_log_prior=prior[:2])
 
 
 def test_linear_probe_freezes_the_image_encoder_and_unused_towers(backbone):

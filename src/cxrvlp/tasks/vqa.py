@@ -5,6 +5,8 @@ GK module's grounded entities) in the image-report encoder, and the fused [CLS] 
 MLP with one logit per training answer; cross-entropy. The answer vocabulary is the training
 split's normalised answers, most frequent first (ties by text), written to ``RUN/answers.json``;
 test answers outside it cannot be predicted, so they count wrong (``unseen_test_answers``).
+The output bias starts at the log-frequency of each training answer, so a run with a handful of
+labelled questions does not spend its few steps learning the answer prior.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ def answer_vocabulary(answers: Iterable[str]) -> list[str]:
     return sorted(counts, key=lambda answer: (-counts[answer], answer))
 
 
+def answer_log_prior(answers: Iterable[str], vocabulary: list[str]) -> torch.Tensor:
+    """log p(answer) over `vocabulary` in the given answers (each vocabulary answer occurs)."""
+    counts = Counter(normalize_answer(answer) for answer in answers)
+    frequencies = torch.tensor([float(counts[answer]) for answer in vocabulary])
+    if not bool((frequencies > 0).all()):
+        missing = [answer for answer in vocabulary if counts[answer] == 0]
+        raise ValueError(f"answers {missing[:5]} of the vocabulary never occur in the answers")
+    return torch.log(frequencies / frequencies.sum())
+
+
 def vocabulary_key(answers: list[str]) -> int:
     return stable_key("\n".join(answers))
 
@@ -51,7 +63,13 @@ def vocabulary_key(answers: list[str]) -> int:
 class VQAModel(nn.Module):
     """GK-MVLP question-image fusion -> fused [CLS] -> MLP -> one logit per answer."""
 
-    def __init__(self, backbone: nn.Module, answers: list[str], linear_probe: bool):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        answers: list[str],
+        linear_probe: bool,
+        answer_log_prior: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.answers = list(answers)
@@ -63,6 +81,14 @@ class VQAModel(nn.Module):
             nn.LayerNorm(2 * width),
             nn.Linear(2 * width, len(self.answers)),
         )
+        if answer_log_prior is not None:
+            if answer_log_prior.shape != (len(self.answers),):
+                raise ValueError(
+                    f"answer_log_prior has shape {tuple(answer_log_prior.shape)}, "
+                    f"expected ({len(self.answers)},): one value per answer"
+                )
+            with torch.no_grad():
+                self.head[-1].bias.copy_(answer_log_prior)
         # Saved with the weights, so a checkpoint re-scored against another vocabulary is caught.
         self.register_buffer("vocabulary_key", torch.tensor(vocabulary_key(self.answers)))
         # Only what the VQA forward reaches trains: the decoder, ITC/ITM/ECLS heads and any
@@ -151,10 +177,12 @@ class VQATask:
                 "none: use a bundle written by `cxrvlp export`, or pass --tokenizer with "
                 "--pretrained none"
             )
-        answers = answer_vocabulary(record.answer for record in train_set.records)
+        training_answers = [record.answer for record in train_set.records]
+        answers = answer_vocabulary(training_answers)
         write_answers(ctx.out / ANSWERS_FILE, answers)
         log.info("%s: %d answers in the training split", ctx.dataset, len(answers))
-        return VQAModel(ctx.backbone.model, answers, ctx.linear_probe)
+        prior = answer_log_prior(training_answers, answers)
+        return VQAModel(ctx.backbone.model, answers, ctx.linear_probe, answer_log_prior=prior)
 
     def collate(self, ctx: TaskContext, model: nn.Module) -> Any:
         max_length = int(ctx.backbone.config.text.max_length)
