@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from cxrvlp.cli import main
-from cxrvlp.engine.checkpoint import CheckpointManager
+from cxrvlp.engine.checkpoint import CheckpointManager, step_dir_name
 
 MICRO = [
     "model.embed_dim=16",
@@ -249,3 +249,14 @@ def test_gradient_accumulation_consumes_micro_batches_per_step(world, tmp_path):
     state = torch.load(CheckpointManager(run).latest() / "training_state.pt", weights_only=True)
     # 19 training images: 9 batches of 2 per epoch; 2 steps x 2 micro-batches = 4 consumed.
     assert (state["extra"]["epoch"], state["extra"]["batch_in_epoch"]) == (0, 4)
+
+
+def test_time_limit_stops_after_the_step_that_crosses_it_and_saves(world, tmp_path):
+    run = tmp_path / "limited"
+    # A limit of a millionth of a minute is crossed by the first step.
+    argv = _pretrain_argv(world, run, 5, "train.batch_size=2", "train.max_minutes=1e-6")
+    assert main(argv) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["steps"] == 1
+    assert [row["step"] for row in _metrics(run)] == [1]
+    assert CheckpointManager(run).latest().name == step_dir_name(1)
