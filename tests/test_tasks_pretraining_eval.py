@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
-from cxrvlp.tasks.encode import finding_regions_of
+from cxrvlp.data.readers.imagenome import finding_regions_of
 from cxrvlp.tasks.entities import entity_auroc
 from cxrvlp.tasks.grounding import map_iou, peak_point, pointing_game, region_density_map
 from cxrvlp.tasks.retrieval import chance_recall_at_k, recall_at_k, retrieval_metrics

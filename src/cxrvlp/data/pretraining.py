@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.errors import DataError, MissingFileError
-from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
+from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset, finding_regions_of
 from cxrvlp.data.readers.mimic import MIMICCXRDataset
 from cxrvlp.text.parse import parse_report
 
@@ -41,7 +41,8 @@ def pretraining_dataset(
 ) -> MIMICCXRDataset:
     """MIMIC-CXR pairs of one official split (``train``, ``validate``, ``test``) with boxes
     (``"imagenome"``, a detector JSONL path, or None) and ``extra["entities"]``: entity name ->
-    existence of the report (the parser's), the source of the ECLS targets."""
+    existence of the report (the parser's), the source of the ECLS targets. With Chest
+    ImaGenome boxes, ``extra["finding_regions"]`` holds finding -> regions of its scene graph."""
     root = Path(root)
     mimic_root = root / MIMIC_FOLDER
     if not mimic_root.is_dir():
@@ -54,7 +55,7 @@ def pretraining_dataset(
     dataset = MIMICCXRDataset(mimic_root, split=split, transform=transform, cache=cache)
     if not dataset.records:
         raise DataError(f"{mimic_root} holds no image of split {split!r} with a report")
-    region_boxes = _region_boxes(root, boxes, mimic_root)
+    region_boxes, finding_regions = _region_boxes(root, boxes, mimic_root)
     parsed: dict[str, dict[str, str]] = {}
     missing_boxes = 0
     for record in tqdm(dataset.records, desc=f"reports ({split})", unit="image", disable=None):
@@ -68,6 +69,8 @@ def pretraining_dataset(
         record.boxes = found
         record.box_labels = CHEST_IMAGENOME_REGIONS
         record.extra = {**record.extra, "entities": parsed[key]}
+        if finding_regions is not None:
+            record.extra["finding_regions"] = finding_regions.get(record.image_id, {})
     dataset.n_missing_boxes = missing_boxes
     if boxes is not None and missing_boxes:
         log.warning(
@@ -79,17 +82,24 @@ def pretraining_dataset(
     return dataset
 
 
-def _region_boxes(root: Path, boxes: str | Path | None, mimic_root: Path) -> dict[str, np.ndarray]:
+def _region_boxes(
+    root: Path, boxes: str | Path | None, mimic_root: Path
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, set[str]]] | None]:
+    """image_id -> (29, 4) boxes and, from Chest ImaGenome only, image_id -> finding ->
+    regions the scene graph links it to (what grounding is scored against)."""
     if boxes is None:
-        return {}
+        return {}, None
     if str(boxes) == "imagenome":
         folder = root / IMAGENOME_FOLDER
         found: dict[str, np.ndarray] = {}
+        links: dict[str, dict[str, set[str]]] = {}
         for split in IMAGENOME_SPLITS:
             reader = ChestImaGenomeDataset(folder, images=mimic_root, split=split, labels_only=True)
-            found.update({record.image_id: record.boxes for record in reader.records})
-        return found
-    return read_detector_boxes(Path(boxes))
+            for record in reader.records:
+                found[record.image_id] = record.boxes
+                links[record.image_id] = finding_regions_of(record.extra["region_phrases"])
+        return found, links
+    return read_detector_boxes(Path(boxes)), None
 
 
 def read_detector_boxes(path: Path) -> dict[str, np.ndarray]:

@@ -14,8 +14,6 @@ from cxrvlp.data.pretraining import pretraining_dataset
 from cxrvlp.export import Pretrained
 from cxrvlp.recipes.batch import PretrainCollator, tokenize
 
-_YES = "yes"
-
 
 @dataclass
 class EncodedSplit:
@@ -38,18 +36,6 @@ class EncodedSplit:
     images: torch.Tensor | None = None  # (N, C, S, S), kept only when asked
 
 
-def finding_regions_of(region_phrases: dict) -> dict[str, set[str]]:
-    """Chest ImaGenome attributes -> {finding: regions stated positive ("...|yes|finding")}."""
-    found: dict[str, set[str]] = {}
-    for region, pairs in region_phrases.items():
-        for _, attributes in pairs:
-            for attribute in attributes:
-                parts = attribute.split("|")
-                if len(parts) == 3 and parts[1] == _YES:
-                    found.setdefault(parts[2], set()).add(region)
-    return found
-
-
 @torch.no_grad()
 def encode_split(
     pretrained: Pretrained,
@@ -62,7 +48,11 @@ def encode_split(
 ) -> EncodedSplit:
     model = pretrained.model
     dataset = pretraining_dataset(root, split=split, boxes=boxes, transform=pretrained.transform)
-    regions_by_image = _imagenome_findings(root, boxes)
+    if boxes == "imagenome":
+        # The dataset parsed the scene graphs already for the boxes.
+        regions_by_image = {r.image_id: r.extra["finding_regions"] for r in dataset.records}
+    else:
+        regions_by_image = _imagenome_findings(root)
     max_length = int(pretrained.config.text.max_length)
     collate = PretrainCollator(pretrained.tokenizer, max_length)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
@@ -137,12 +127,12 @@ def _world_truth(root: str, image_ids: list[str]) -> dict:
     }
 
 
-def _imagenome_findings(root: str, boxes: str | None) -> dict[str, dict[str, set[str]]]:
+def _imagenome_findings(root: str) -> dict[str, dict[str, set[str]]]:
     """image_id -> finding -> positive regions, from Chest ImaGenome when it is there."""
     from pathlib import Path
 
     from cxrvlp.data.pretraining import IMAGENOME_FOLDER, IMAGENOME_SPLITS, MIMIC_FOLDER
-    from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
+    from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset, finding_regions_of
 
     folder = Path(root) / IMAGENOME_FOLDER
     if not folder.is_dir():

@@ -197,3 +197,15 @@ def _parse_scene_graph(path: Path) -> tuple[np.ndarray, dict[str, list[tuple[str
         for phrase, attributes in zip(entry["phrases"], entry["attributes"], strict=True):
             pairs.append((phrase, list(attributes)))
     return boxes, region_phrases
+
+
+def finding_regions_of(region_phrases: dict) -> dict[str, set[str]]:
+    """``region_phrases`` -> {finding: regions stated positive ("...|yes|finding")}."""
+    found: dict[str, set[str]] = {}
+    for region, pairs in region_phrases.items():
+        for _, attributes in pairs:
+            for attribute in attributes:
+                parts = attribute.split("|")
+                if len(parts) == 3 and parts[1] == "yes":
+                    found.setdefault(parts[2], set()).add(region)
+    return found
