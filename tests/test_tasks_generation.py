@@ -268,7 +268,10 @@ def test_finetune_generation_on_mimic_cxr_scores_the_official_test_split(
     assert {row["reference"] for row in rows} == {
         record.report.findings_and_impression for record in test.records
     }
-    assert 0.0 <= results["bleu4"] <= results["bleu1"] <= 1.0
+    # Two steps from random init match next to nothing; pycocoevalcap then smooths the zero
+    # n-gram counts with tiny constants, and BLEU-4 can exceed BLEU-1 by about 1e-17.
+    assert 0.0 <= results["bleu4"] <= results["bleu1"] + 1e-9
+    assert results["bleu1"] <= 1.0
     assert (out / "model" / "model.safetensors").is_file()
 
 

@@ -212,9 +212,7 @@ class Trainer:
         last: dict[str, float] = {}
         stopped_early = False
         while self.step < config.max_steps:
-            # Loss terms stay on the device until the step's one all-reduce: reading each term
-            # per micro-batch would synchronise the device and issue a collective per term.
-            local_terms: dict[str, torch.Tensor] = {}
+            terms: dict[str, float] = {}
             step_samples = 0
             for micro in range(config.accumulate):
                 batch = next(batches)
@@ -236,31 +234,16 @@ class Trainer:
                     (output.loss / config.accumulate).backward()
                 step_samples += len(batch["index"])
                 for name, value in {"loss": output.loss.detach(), **output.losses}.items():
-                    share = value.detach().float() / config.accumulate
-                    local_terms[name] = local_terms.get(name, 0.0) + share
-            grad_norm = None
+                    mean = float(distributed.all_reduce_mean(value.float()))
+                    terms[name] = terms.get(name, 0.0) + mean / config.accumulate
             if config.grad_clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), config.grad_clip
+                terms["grad_norm"] = float(
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
                 )
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.step += 1
-            out_of_time = (
-                config.max_minutes is not None
-                and time.monotonic() - started > 60 * config.max_minutes
-            )
-            # One collective per step: the loss terms' means and whether any process ran out
-            # of time (every process must agree to stop, or the others would wait).
-            flag = torch.tensor(float(out_of_time), device=self.device)
-            reduced = distributed.all_reduce_mean(
-                torch.stack([*local_terms.values(), flag])
-            ).tolist()
-            terms = dict(zip(local_terms, reduced[:-1], strict=True))
-            if grad_norm is not None:
-                terms["grad_norm"] = float(grad_norm)
-            out_of_time = reduced[-1] > 0
             window_samples += step_samples * distributed.world_size()
             bar.update(1)
             last = terms
@@ -279,6 +262,12 @@ class Trainer:
                     | {"samples/s": f"{values['samples_per_s']:.1f}"}
                 )
                 window_samples, window_start = 0, time.monotonic()
+            out_of_time = (
+                config.max_minutes is not None
+                and time.monotonic() - started > 60 * config.max_minutes
+            )
+            # Every process must agree to stop, or the others would wait in a collective.
+            out_of_time = bool(distributed.all_reduce_max(int(out_of_time), self.device))
             if (
                 self.step % config.checkpoint_every == 0
                 or self.step == config.max_steps
