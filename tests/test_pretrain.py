@@ -260,3 +260,39 @@ def test_time_limit_stops_after_the_step_that_crosses_it_and_saves(world, tmp_pa
     assert summary["stopped_early"] is True and summary["steps"] == 1
     assert [row["step"] for row in _metrics(run)] == [1]
     assert CheckpointManager(run).latest().name == step_dir_name(1)
+
+
+def test_grounding_truth_is_the_same_whether_boxes_come_from_imagenome_or_the_detector(
+    world, trained, tmp_path
+):
+    import cxrvlp
+    from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+    from cxrvlp.data.pretraining import read_imagenome
+    from cxrvlp.tasks.encode import encode_split
+
+    bundle = tmp_path / "model"
+    assert main(["export", str(trained), "--out", str(bundle)]) == 0
+    loaded = cxrvlp.load_pretrained(bundle)
+    boxes, links = read_imagenome(world)
+    # The ImaGenome boxes written as `cxrvlp detector annotate` rows.
+    annotations = tmp_path / "boxes.jsonl"
+    rows = (
+        {
+            "image_id": image_id,
+            "regions": {
+                name: {"box": box.tolist()}
+                for name, box in zip(CHEST_IMAGENOME_REGIONS, image_boxes, strict=True)
+            },
+        }
+        for image_id, image_boxes in boxes.items()
+    )
+    annotations.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    encoded = [
+        encode_split(loaded, str(world), split="train", boxes=source, progress=False)
+        for source in ("imagenome", str(annotations))
+    ]
+    expected = [links[image_id] for image_id in encoded[0].image_ids]
+    assert any(expected)
+    assert encoded[0].finding_regions == encoded[1].finding_regions == expected
+    assert torch.allclose(encoded[0].boxes, encoded[1].boxes, equal_nan=True)

@@ -55,7 +55,7 @@ def pretraining_dataset(
     dataset = MIMICCXRDataset(mimic_root, split=split, transform=transform, cache=cache)
     if not dataset.records:
         raise DataError(f"{mimic_root} holds no image of split {split!r} with a report")
-    region_boxes, finding_regions = _region_boxes(root, boxes, mimic_root)
+    region_boxes, finding_regions = _region_boxes(root, boxes)
     parsed: dict[str, dict[str, str]] = {}
     missing_boxes = 0
     for record in tqdm(dataset.records, desc=f"reports ({split})", unit="image", disable=None):
@@ -83,23 +83,33 @@ def pretraining_dataset(
 
 
 def _region_boxes(
-    root: Path, boxes: str | Path | None, mimic_root: Path
+    root: Path, boxes: str | Path | None
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, set[str]]] | None]:
     """image_id -> (29, 4) boxes and, from Chest ImaGenome only, image_id -> finding ->
     regions the scene graph links it to (what grounding is scored against)."""
     if boxes is None:
         return {}, None
     if str(boxes) == "imagenome":
-        folder = root / IMAGENOME_FOLDER
-        found: dict[str, np.ndarray] = {}
-        links: dict[str, dict[str, set[str]]] = {}
-        for split in IMAGENOME_SPLITS:
-            reader = ChestImaGenomeDataset(folder, images=mimic_root, split=split, labels_only=True)
-            for record in reader.records:
-                found[record.image_id] = record.boxes
-                links[record.image_id] = finding_regions_of(record.extra["region_phrases"])
-        return found, links
+        return read_imagenome(root)
     return read_detector_boxes(Path(boxes)), None
+
+
+def read_imagenome(
+    root: str | Path,
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, set[str]]]]:
+    """Every split of ``root/chest-imagenome``: image_id -> (29, 4) boxes and image_id ->
+    finding -> regions its scene graph states it in."""
+    root = Path(root)
+    found: dict[str, np.ndarray] = {}
+    links: dict[str, dict[str, set[str]]] = {}
+    for split in IMAGENOME_SPLITS:
+        reader = ChestImaGenomeDataset(
+            root / IMAGENOME_FOLDER, images=root / MIMIC_FOLDER, split=split, labels_only=True
+        )
+        for record in reader.records:
+            found[record.image_id] = record.boxes
+            links[record.image_id] = finding_regions_of(record.extra["region_phrases"])
+    return found, links
 
 
 def read_detector_boxes(path: Path) -> dict[str, np.ndarray]:

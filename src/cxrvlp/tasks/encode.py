@@ -131,20 +131,11 @@ def _imagenome_findings(root: str) -> dict[str, dict[str, set[str]]]:
     """image_id -> finding -> positive regions, from Chest ImaGenome when it is there."""
     from pathlib import Path
 
-    from cxrvlp.data.pretraining import IMAGENOME_FOLDER, IMAGENOME_SPLITS, MIMIC_FOLDER
-    from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset, finding_regions_of
+    from cxrvlp.data.pretraining import IMAGENOME_FOLDER, read_imagenome
 
-    folder = Path(root) / IMAGENOME_FOLDER
-    if not folder.is_dir():
+    if not (Path(root) / IMAGENOME_FOLDER).is_dir():
         return {}
-    found = {}
-    for split in IMAGENOME_SPLITS:
-        reader = ChestImaGenomeDataset(
-            folder, images=Path(root) / MIMIC_FOLDER, split=split, labels_only=True
-        )
-        for record in reader.records:
-            found[record.image_id] = finding_regions_of(record.extra.get("region_phrases", {}))
-    return found
+    return read_imagenome(root)[1]
 
 
 def text_queries(pretrained: Pretrained, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
