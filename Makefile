@@ -34,6 +34,7 @@ test: install lint
 bench: install
 	$(PY) benchmarks/synth_throughput.py
 	$(PY) benchmarks/pretrain_step.py
+	$(PY) benchmarks/localization_step.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
