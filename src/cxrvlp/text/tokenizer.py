@@ -40,7 +40,8 @@ def train_wordpiece(
     """Train a BERT WordPiece vocabulary on ``corpus_texts`` and save it to ``out_dir``.
 
     The vocabulary holds the five special tokens first, then at most ``vocab_size`` entries in
-    all; pieces seen fewer than ``min_frequency`` times are left out. Returns ``out_dir``.
+    all; pieces seen fewer than ``min_frequency`` times are left out. The same texts give the
+    same vocabulary in every process (see :func:`_continuing_pieces`). Returns ``out_dir``.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must exceed {len(SPECIAL_TOKENS)}, got {vocab_size}")
@@ -50,17 +51,20 @@ def train_wordpiece(
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
+    counter = _CountingTexts(corpus_texts)
+    texts = list(counter)
+    if counter.count == 0:
+        raise ValueError("the tokenizer corpus holds no text; pass files with reports in them")
+    continuing = _continuing_pieces(tokenizer, texts)
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *continuing],
         continuing_subword_prefix="##",
         show_progress=False,
     )
-    counter = _CountingTexts(corpus_texts)
-    tokenizer.train_from_iterator(counter, trainer=trainer)
-    if counter.count == 0:
-        raise ValueError("the tokenizer corpus holds no text; pass files with reports in them")
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer = _without_added_tokens(tokenizer, set(continuing))
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS}:0 $A:0 {SEP}:0",
         pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
@@ -96,6 +100,32 @@ def train_wordpiece(
         out,
     )
     return out
+
+
+def _continuing_pieces(tokenizer: Tokenizer, texts: list[str]) -> list[str]:
+    """Every one-character continuing piece ("##x") the trainer will create, sorted.
+
+    tokenizers' trainer numbers these pieces in the iteration order of a hash map, which
+    changes from process to process, and breaks ties between equally frequent merges by those
+    numbers: the same corpus gave a different vocabulary in each run (huggingface/tokenizers
+    issue 1794). Handing them to the trainer up front, in a fixed order, fixes the numbers.
+    """
+    pieces = set()
+    for text in texts:
+        normalized = tokenizer.normalizer.normalize_str(text)
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized):
+            pieces.update(f"##{character}" for character in word[1:])
+    return sorted(pieces)
+
+
+def _without_added_tokens(tokenizer: Tokenizer, contents: set[str]) -> Tokenizer:
+    """``tokenizer`` with ``contents`` kept as ordinary vocabulary entries: the trainer makes
+    every token it was handed a special token, which decoding would then skip."""
+    document = json.loads(tokenizer.to_str())
+    document["added_tokens"] = [
+        token for token in document["added_tokens"] if token["content"] not in contents
+    ]
+    return Tokenizer.from_str(json.dumps(document))
 
 
 class _CountingTexts:
