@@ -6,7 +6,7 @@ from cxrvlp.cli import main
 from cxrvlp.demo import Demo, demo_config
 
 MICRO = """
-world: {studies: 40, image_size: 96, downstream_fraction: 0.5}
+world: {studies: 40, image_size: 96, downstream_fraction: 0.5, cohort_studies: {rsna: 24}}
 threads: 1
 workers: 1
 tokenizer: {vocab_size: 400}
@@ -33,6 +33,9 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
     assert set(results["pretraining"]) == {"gkmvlp", "itc"}
     for name in ("retrieval-gkmvlp", "grounding-gkmvlp", "entities-gkmvlp", "zero-shot-nih-itc"):
         assert name in results["evaluations"], name
+    assert (
+        json.loads((out / "world" / "world.json").read_text())["cohorts"]["rsna"]["studies"] == 24
+    )
     runs = results["finetune"]
     assert len(runs) == 4 * 3 * 2  # four task runs x three starting points x two fractions
     for name, run in runs.items():

@@ -132,6 +132,14 @@ def test_cohort_sizes_and_splits(world):
     assert summary["cohorts"]["iu_xray"]["images"] == 2 * summary["cohorts"]["iu_xray"]["studies"]
 
 
+def test_cohort_studies_override_the_downstream_fraction(tmp_path):
+    argv = ["synth", "--out", str(tmp_path), "--studies", "4", "--image-size", "64", "--quiet"]
+    assert main([*argv, "--cohorts", "mimic,rsna,nih", "--cohort-studies", "rsna=20"]) == 0
+    cohorts = json.loads((tmp_path / "world.json").read_text())["cohorts"]
+    assert (cohorts["mimic"]["studies"], cohorts["rsna"]["studies"]) == (4, 20)
+    assert cohorts["nih"]["studies"] == 8  # the downstream fraction's minimum
+
+
 def test_help_and_bad_arguments(capsys):
     with pytest.raises(SystemExit) as help_exit:
         main(["synth", "--help"])
@@ -139,3 +147,6 @@ def test_help_and_bad_arguments(capsys):
     assert "--studies" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown cohort"):
         main(["synth", "--out", "x", "--cohorts", "padchest"])
+    for bad in ("rsna", "rsna=many", "mimic=30", "padchest=30"):
+        with pytest.raises(SystemExit, match="write COHORT=N"):
+            main(["synth", "--out", "x", "--cohort-studies", bad])

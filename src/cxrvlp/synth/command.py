@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {','.join(COHORTS)}",
     )
     parser.add_argument(
+        "--cohort-studies",
+        default="",
+        metavar="COHORT=N,...",
+        help="studies of named downstream cohorts, replacing --downstream-fraction for them "
+        "(e.g. rsna=1000)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="render processes"
     )
     parser.add_argument(
@@ -63,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"cxrvlp synth: unknown cohort(s) {unknown}; choose from {list(COHORTS)}")
     if args.studies < 1 or args.image_size < 64:
         raise SystemExit("cxrvlp synth: --studies must be >= 1 and --image-size >= 64")
+    cohort_sizes = parse_cohort_studies(args.cohort_studies)
     config = WorldConfig(
         out=args.out,
         studies=args.studies,
         seed=args.seed,
         image_size=args.image_size,
         downstream_fraction=args.downstream_fraction,
+        cohort_sizes=cohort_sizes,
         workers=args.workers,
         noise=ReportNoise(args.omit_fraction, args.hedge_fraction),
     )
@@ -94,3 +103,18 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"preview: {sheet} and {regions}")
     return 0
+
+
+def parse_cohort_studies(text: str) -> tuple[tuple[str, int], ...]:
+    """``"rsna=1000,nih=300"`` -> (("nih", 300), ("rsna", 1000)); explains what is wrong."""
+    sizes = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        cohort, _, count = item.partition("=")
+        if cohort not in COHORTS or cohort == "mimic" or not count.strip().isdigit():
+            raise SystemExit(
+                f"cxrvlp synth: --cohort-studies {item!r}: write COHORT=N with a downstream "
+                f"cohort of {[c for c in COHORTS if c != 'mimic']} and a whole number N "
+                "(MIMIC-CXR's size is --studies)"
+            )
+        sizes[cohort] = int(count)
+    return tuple(sorted(sizes.items()))

@@ -64,10 +64,15 @@ class WorldConfig:
     downstream_fraction: float = 0.25  # each downstream cohort's studies per MIMIC study
     workers: int = 1
     noise: ReportNoise = field(default_factory=ReportNoise)
+    # (cohort, studies) pairs that replace the downstream fraction for those cohorts.
+    cohort_sizes: tuple[tuple[str, int], ...] = ()
 
     def cohort_studies(self, cohort: str) -> int:
         if cohort == "mimic":
             return self.studies
+        sizes = dict(self.cohort_sizes)
+        if cohort in sizes:
+            return max(8, sizes[cohort])
         return max(8, round(self.studies * self.downstream_fraction))
 
 
