@@ -17,7 +17,7 @@ finetune:
   fractions: [0.5, 1.0]
   batch_size: 2
   runs:
-    - {task: classification, dataset: chexpert, linear_probe: true, steps: 1}
+    - {task: classification, dataset: chexpert, linear_probe: true, steps: 1, seeds: [0, 1]}
     - {task: localization, dataset: rsna, linear_probe: false, steps: 1}
     - {task: generation, dataset: iu-xray, linear_probe: false, steps: 1}
     - {task: vqa, dataset: slake, linear_probe: false, steps: 1}
@@ -37,7 +37,8 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
         json.loads((out / "world" / "world.json").read_text())["cohorts"]["rsna"]["studies"] == 24
     )
     runs = results["finetune"]
-    assert len(runs) == 4 * 3 * 2  # four task runs x three starting points x two fractions
+    # four task runs x three starting points x two fractions, the first with two seeds
+    assert len(runs) == 5 * 3 * 2
     for name, run in runs.items():
         headline = {"classification": "auroc", "localization": "map50",
                     "generation": "bleu4", "vqa": "acc_overall"}[run["task"]]  # fmt: skip
@@ -45,6 +46,9 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
     assert runs["vqa-slake-tune-random-0.5"]["init"] == "random"
     report = (out / "report.md").read_text()
     assert "GK-MVLP" in report and "ITC-only" in report and "random init" in report
+    seeded = "classification-chexpert-probe-gkmvlp-1-seed1"
+    assert json.loads((out / "finetune" / seeded / "finetune.json").read_text())["seed"] == 1
+    assert "±" in report.split("classification | chexpert")[1].split("**")[1]
     assert (out / "report.html").is_file() and (out / "roc_curves.png").is_file()
     assert "Summary" in capsys.readouterr().out
     # A second call finds every step done and only rewrites the report.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 import math
+import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from cxrvlp.demo import SEED_SUFFIX
 
 # The number each task is judged by, and the further columns of its detail table.
 HEADLINE = {
@@ -76,14 +80,46 @@ def _number(value: Any) -> str:
 
 
 def _group(finetune: dict[str, dict]) -> dict[str, dict[tuple[str, float], dict]]:
-    """{"task dataset mode": {(init, fraction): results}} from the run names of the demo."""
-    groups: dict[str, dict[tuple[str, float], dict]] = {}
+    """{"task dataset mode": {(init, fraction): results}} from the run names of the demo.
+
+    Runs of several seeds become one: the first seed's results with every table metric
+    replaced by its mean over the seeds, and the seeds' own values under ``seed_values``.
+    """
+    seeds: dict[str, dict[tuple[str, float], list[dict]]] = {}
     for name, results in finetune.items():
         task, rest = name.split("-", 1)
+        rest = re.sub(rf"{SEED_SUFFIX}\d+$", "", rest)
         dataset, mode, init, fraction = rest.rsplit("-", 3)
         key = f"{task} | {dataset} | {'linear probe' if mode == 'probe' else 'fine-tune'}"
-        groups.setdefault(key, {})[(init, float(fraction))] = results
+        seeds.setdefault(key, {}).setdefault((init, float(fraction)), []).append(results)
+    groups: dict[str, dict[tuple[str, float], dict]] = {}
+    for key, runs in seeds.items():
+        task = key.split(" | ")[0]
+        groups[key] = {cell: _seed_mean(results, DETAIL[task]) for cell, results in runs.items()}
     return groups
+
+
+def _seed_mean(runs: list[dict], metrics: tuple[str, ...]) -> dict:
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    merged["seed_values"] = {}
+    for metric in metrics:
+        # A seed whose metric could not be computed (None, NaN) does not count toward it.
+        values = [run.get(metric) for run in runs]
+        values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+        if values:
+            merged[metric] = statistics.fmean(values)
+            merged["seed_values"][metric] = values
+    return merged
+
+
+def _cell(run: dict, metric: str) -> str:
+    """The metric, with the standard deviation over seeds where the run had several."""
+    values = run.get("seed_values", {}).get(metric, [])
+    if len(values) < 2:
+        return _number(run.get(metric))
+    return f"{run[metric]:.3f} ± {statistics.stdev(values):.3f}"
 
 
 def finetune_tables(results: dict[str, Any]) -> tuple[list[Table], list[str]]:
@@ -97,7 +133,7 @@ def finetune_tables(results: dict[str, Any]) -> tuple[list[Table], list[str]]:
         metric, label = HEADLINE[task]
         rows = []
         for init in inits:
-            cells = [_number(runs.get((init, f), {}).get(metric)) for f in fractions]
+            cells = [_cell(runs.get((init, f), {}), metric) for f in fractions]
             rows.append([INIT_NAMES.get(init, init), *cells])
         tables.append(Table(f"{key}: {label}", ["start", *[f"{f:.0%}" for f in fractions]], rows))
         for fraction in fractions:
@@ -114,9 +150,7 @@ def finetune_tables(results: dict[str, Any]) -> tuple[list[Table], list[str]]:
         detail_rows = []
         for init in inits:
             run = runs.get((init, fractions[-1]), {})
-            detail_rows.append(
-                [INIT_NAMES.get(init, init), *[_number(run.get(m)) for m in DETAIL[task]]]
-            )
+            detail_rows.append([INIT_NAMES.get(init, init), *[_cell(run, m) for m in DETAIL[task]]])
         tables.append(
             Table(
                 f"{key}: all metrics at {fractions[-1]:.0%}", ["start", *DETAIL[task]], detail_rows
@@ -210,6 +244,16 @@ def _pictures(out: Path, results: dict[str, Any]) -> list[tuple[str, Path]]:
     return pictures
 
 
+def _seed_note(results: dict[str, Any]) -> str | None:
+    if not any(re.search(rf"{SEED_SUFFIX}\d+$", name) for name in results["finetune"]):
+        return None
+    return (
+        "Cells written 'a ± b' are the mean and the standard deviation of runs with different "
+        "training seeds (the demo's finetune.seeds, or a run's own seeds); the comparisons "
+        "below use the means."
+    )
+
+
 def _generated_examples(results: dict[str, Any]) -> list[dict]:
     fractions = [float(f) for f in results["config"]["finetune"]["fractions"]]
     for name, run in results["finetune"].items():
@@ -230,6 +274,9 @@ def write_report(out: Path, results: dict[str, Any]) -> Report:
     if minutes is not None:
         md.append(f"Whole demo: {minutes} min. Step times (min): {results.get('step_minutes')}\n")
     md.append(pretrained.markdown())
+    seed_note = _seed_note(results)
+    if seed_note:
+        md.append(seed_note + "\n")
     md += [table.markdown() for table in tables]
     md.append("## GK-MVLP against the other starting points\n")
     md += [f"- {line}" for line in comparisons]
@@ -255,6 +302,8 @@ def write_report(out: Path, results: dict[str, Any]) -> Report:
     if minutes is not None:
         parts.append(f"<p>Whole demo: {minutes} min.</p>")
     parts.append(pretrained.html())
+    if seed_note:
+        parts.append(f"<p>{html.escape(seed_note)}</p>")
     parts += [table.html() for table in tables]
     parts.append("<h2>GK-MVLP against the other starting points</h2><ul>")
     parts += [f"<li>{html.escape(line)}</li>" for line in comparisons]
