@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DESCRIPTION = """Run the whole pipeline on a synthetic world and write a report.
 
-  cxrvlp demo --out runs/demo                       # the CPU demo (30-70 min on 2 cores)
+  cxrvlp demo --out runs/demo                       # the CPU demo (50-100 min on 2 cores)
   cxrvlp demo --out runs/demo finetune.fractions=[1.0] pretrain.max_steps=100
 
 OUT receives world/, detector/, pretrain-gkmvlp/, pretrain-itc/, models, evaluations,
