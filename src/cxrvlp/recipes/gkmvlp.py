@@ -325,9 +325,15 @@ class GKMVLP(nn.Module):
         tokens_all, _ = distributed.gather_with_grad(image.tokens)
         hidden_all, _ = distributed.gather_with_grad(text_hidden)
         mask_all = distributed.gather_no_grad(attention_mask)
-        text_batch = torch.cat([text_hidden, hidden_all[negative_text], text_hidden])
+        # index_select, not x[indices]: a row drawn as the negative of several others gets
+        # its gradients summed by index_add (a fixed order on the CPU); advanced indexing sums
+        # them with index_put(accumulate=True), whose CPU order varies with the threads, and
+        # made pre-training differ from run to run.
+        negatives_text = hidden_all.index_select(0, negative_text)
+        negatives_image = tokens_all.index_select(0, negative_image)
+        text_batch = torch.cat([text_hidden, negatives_text, text_hidden])
         mask_batch = torch.cat([attention_mask, mask_all[negative_text], attention_mask])
-        image_batch = torch.cat([image.tokens, image.tokens, tokens_all[negative_image]])
+        image_batch = torch.cat([image.tokens, image.tokens, negatives_image])
         keep = torch.cat([torch.ones_like(valid_text), valid_text, valid_image])
         labels = torch.cat(
             [torch.ones(local, dtype=torch.long), torch.zeros(2 * local, dtype=torch.long)]
