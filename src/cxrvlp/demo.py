@@ -95,7 +95,8 @@ DEFAULT_CONFIG = {
             {"task": "generation", "dataset": "iu-xray", "linear_probe": False, "steps": 50},
             # 150 steps lift SLAKE from 0.5 to 0.67 for random init and GK-MVLP alike, both
             # answering almost every question from its text alone, so the extra steps would
-            # not separate the rows; 40 steps take a quarter of the time.
+            # not separate the rows; 40 steps take a quarter of the time, but leave the rows
+            # differing mostly by the answer head's random initial weights (README).
             {"task": "vqa", "dataset": "vqa-rad", "linear_probe": False, "steps": 40, "lr": 5.0e-4},
             {"task": "vqa", "dataset": "slake", "linear_probe": False, "steps": 40, "lr": 5.0e-4},
         ],
@@ -284,12 +285,11 @@ class Demo:
         for spec in c.runs:
             for init in c.inits:
                 for fraction in spec.get("fractions", c.fractions):
+                    mode = "probe" if spec.linear_probe else "tune"
+                    base = f"{spec.task}-{spec.dataset}-{mode}-{init}-{fraction:g}"
                     for seed in spec.get("seeds", c.seeds):
-                        mode = "probe" if spec.linear_probe else "tune"
-                        name = f"{spec.task}-{spec.dataset}-{mode}-{init}-{fraction:g}"
                         # Seed 0 keeps the plain name, so runs of a one-seed demo stay valid.
-                        if seed:
-                            name += f"{SEED_SUFFIX}{seed}"
+                        name = f"{base}{SEED_SUFFIX}{seed}" if seed else base
                         run = {"spec": spec, "init": init, "fraction": fraction, "seed": seed}
                         runs.append((name, run))
         return runs

@@ -33,6 +33,7 @@ DETAIL = {
     "vqa": ("acc_closed", "acc_open", "acc_overall"),
 }
 INIT_NAMES = {"random": "random init", "itc": "ITC-only", "gkmvlp": "GK-MVLP"}
+SEEDED_RUN = re.compile(rf"{re.escape(SEED_SUFFIX)}\d+$")  # the name ending of a seed-N run
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _group(finetune: dict[str, dict]) -> dict[str, dict[tuple[str, float], dict]
     seeds: dict[str, dict[tuple[str, float], list[dict]]] = {}
     for name, results in finetune.items():
         task, rest = name.split("-", 1)
-        rest = re.sub(rf"{SEED_SUFFIX}\d+$", "", rest)
+        rest = SEEDED_RUN.sub("", rest)
         dataset, mode, init, fraction = rest.rsplit("-", 3)
         key = f"{task} | {dataset} | {'linear probe' if mode == 'probe' else 'fine-tune'}"
         seeds.setdefault(key, {}).setdefault((init, float(fraction)), []).append(results)
@@ -245,7 +246,7 @@ def _pictures(out: Path, results: dict[str, Any]) -> list[tuple[str, Path]]:
 
 
 def _seed_note(results: dict[str, Any]) -> str | None:
-    if not any(re.search(rf"{SEED_SUFFIX}\d+$", name) for name in results["finetune"]):
+    if not any(SEEDED_RUN.search(name) for name in results["finetune"]):
         return None
     return (
         "Cells written 'a ± b' are the mean and the standard deviation of runs with different "
