@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import json
 import re
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -577,6 +578,28 @@ def test_iu_xray_needs_a_lateral(tmp_path: Path) -> None:
 # ---- VQA-RAD and SLAKE ---------------------------------------------------------------------------
 
 
+def _kept_questions(studies: list[RenderedStudy], split_names: dict[str, str]) -> int:
+    """Open questions all stay; in each exported split a closed text keeps its rarer answer's
+    count of each answer."""
+    kept = 0
+    for split in set(split_names.values()):
+        every = [
+            qa for study in studies if split_names[study.split] == split for qa in study.questions
+        ]
+        closed = Counter((qa.question, qa.answer) for qa in every if qa.answer_type == "CLOSED")
+        texts = {question for question, _ in closed}
+        kept += sum(2 * min(closed[(text, "yes")], closed[(text, "no")]) for text in texts)
+        kept += sum(qa.answer_type == "OPEN" for qa in every)
+    return kept
+
+
+def _assert_closed_balanced(entries: list[dict]) -> None:
+    answers = Counter((e["question"], e["answer"]) for e in entries if e["answer_type"] == "CLOSED")
+    for (question, answer), count in answers.items():
+        other = {"yes": "no", "no": "yes", "是": "否", "否": "是"}[answer]
+        assert answers[(question, other)] == count, question
+
+
 def test_vqa_rad_files(exported: dict) -> None:
     root, studies, rows = exported["vqa_rad"]
     base = root / "vqa_rad"
@@ -588,7 +611,8 @@ def test_vqa_rad_files(exported: dict) -> None:
     test = json.loads((base / "testset.json").read_text())
     public = json.loads((base / "VQA_RAD Dataset Public.json").read_text())
     assert sorted(public, key=lambda e: e["qid"]) == sorted(train + test, key=lambda e: e["qid"])
-    assert len(public) == sum(len(study.questions) for study in studies)
+    assert len(public) == _kept_questions(studies, EXPORTERS["vqa_rad"].split_names)
+    assert any(entry["answer_type"] == "CLOSED" for entry in public)
     split_of = {row["image_id"]: row["split"] for row in rows}
     for split, entries in (("train", train), ("test", test)):
         assert entries
@@ -598,6 +622,7 @@ def test_vqa_rad_files(exported: dict) -> None:
             assert split_of[entry["image_name"]] == split
             assert re.fullmatch(r"synpic\d+\.jpg", entry["image_name"])
             assert (base / "VQA_RAD Image Folder" / entry["image_name"]).is_file()
+        _assert_closed_balanced(entries)
 
 
 def test_slake_files(exported: dict) -> None:
@@ -618,10 +643,12 @@ def test_slake_files(exported: dict) -> None:
             assert split_of[entry["img_name"]] == split
             assert (base / "imgs" / entry["img_name"]).is_file()
             assert entry["modality"] == "X-Ray" and entry["base_type"] == "vqa"
+        _assert_closed_balanced(items)
         entries += items
     english = [entry for entry in entries if entry["q_lang"] == "en"]
     chinese = [entry for entry in entries if entry["q_lang"] == "zh"]
-    assert len(english) == sum(len(study.questions) for study in studies)
+    assert len(english) == _kept_questions(studies, EXPORTERS["slake"].split_names)
+    assert any(entry["answer_type"] == "CLOSED" for entry in english)
     assert chinese and all(e["answer_type"] == "CLOSED" for e in chinese)
     assert all(e["answer"] in ("是", "否") for e in chinese)
     assert len({entry["qid"] for entry in entries}) == len(entries)

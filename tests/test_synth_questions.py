@@ -10,7 +10,7 @@ import pytest
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.synth.anatomy import sample_anatomy
-from cxrvlp.synth.questions import QuestionAnswer, write_questions
+from cxrvlp.synth.questions import QuestionAnswer, balance_closed_answers, write_questions
 from cxrvlp.synth.scene import FINDING_TYPES, Scene, sample_scene
 
 SCENE_COUNT = 300
@@ -171,3 +171,54 @@ def test_questions_are_deterministic(scenes):
         for seed in range(10)
     }
     assert len(variants) > 3
+
+
+def _entry(question: str, answer: str, answer_type: str = "CLOSED", qid: int = 0) -> dict:
+    return {"question": question, "answer": answer, "answer_type": answer_type, "qid": qid}
+
+
+def _text_only_accuracy(entries: list[dict]) -> float:
+    """Closed accuracy of answering each question text with its most frequent answer."""
+    by_text: dict[str, Counter] = {}
+    for entry in entries:
+        by_text.setdefault(entry["question"], Counter())[entry["answer"]] += 1
+    best = sum(counts.most_common(1)[0][1] for counts in by_text.values())
+    return best / sum(counts.total() for counts in by_text.values())
+
+
+def test_balancing_makes_every_closed_text_a_coin_flip(question_sets):
+    closed = [
+        {**vars(qa), "qid": qid}
+        for qid, qa in enumerate(qa for questions in question_sets for qa in questions)
+        if qa.answer_type == "CLOSED"
+    ]
+    # The scene-by-scene questions give their answers away: "Is there X?" is mostly asked of
+    # scenes that have X.
+    assert _text_only_accuracy(closed) > 0.6
+    balanced = balance_closed_answers(closed, rank=lambda entry: entry["qid"])
+    assert _text_only_accuracy(balanced) == 0.5
+    assert 0.3 * len(closed) < len(balanced) < len(closed)
+
+
+def test_balancing_keeps_open_questions_order_and_lowest_ranked():
+    entries = [
+        _entry("Is there a mass?", "yes", qid=5),
+        _entry("Which view is this?", "PA", "OPEN", qid=1),
+        _entry("Is there a mass?", "yes", qid=2),
+        _entry("Is there a mass?", "no", qid=9),
+        _entry("Is there a nodule?", "no", qid=3),  # one answer only: cannot be balanced
+        _entry("Is there a mass?", "yes", qid=4),
+        _entry("这张图片中有肿块吗?", "是", qid=7),
+        _entry("这张图片中有肿块吗?", "否", qid=8),
+    ]
+    kept = balance_closed_answers(entries, rank=lambda entry: entry["qid"])
+    assert [entry["qid"] for entry in kept] == [1, 2, 9, 7, 8]
+    assert [
+        entry["qid"] for entry in balance_closed_answers(entries, rank=lambda e: -e["qid"])
+    ] == [5, 1, 9, 7, 8]
+
+
+def test_balancing_rejects_a_closed_question_with_three_answers():
+    entries = [_entry("Is there a mass?", answer) for answer in ("yes", "no", "maybe")]
+    with pytest.raises(ValueError, match=r"Is there a mass.*one of two answers"):
+        balance_closed_answers(entries, rank=lambda entry: 0)

@@ -49,6 +49,7 @@ from pydicom.uid import (
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS, CHEXPERT_CSV_LABELS, CHEXPERT_LABELS
 from cxrvlp.synth.anatomy import Box
+from cxrvlp.synth.questions import balance_closed_answers
 from cxrvlp.synth.report import Mention, Report
 from cxrvlp.synth.scene import FINDING_TYPES
 from cxrvlp.synth.study import RenderedStudy
@@ -944,6 +945,18 @@ class IuXrayExporter(Exporter):
 # ---- VQA-RAD and SLAKE ---------------------------------------------------------------------------
 
 
+def _balanced_splits(cohort: str, entries: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Each split's entries less what `balance_closed_answers` drops from it. Split by split:
+    balancing the cohort as a whole would leave each text's surplus answer in the training
+    split as its deficit in the test split, where a text prior would score below chance."""
+    return {
+        split: balance_closed_answers(
+            split_entries, rank=lambda entry: _number(cohort, entry["qid"])
+        )
+        for split, split_entries in entries.items()
+    }
+
+
 class VqaRadExporter(Exporter):
     """VQA-RAD: the public JSON, MEVF's trainset/testset split and the image folder."""
 
@@ -993,9 +1006,10 @@ class VqaRadExporter(Exporter):
         ]
 
     def close(self) -> None:
-        _write_json(self.base / "trainset.json", self._entries["train"])
-        _write_json(self.base / "testset.json", self._entries["test"])
-        everything = sorted(self._entries["train"] + self._entries["test"], key=lambda e: e["qid"])
+        entries = _balanced_splits(self.folder, self._entries)
+        _write_json(self.base / "trainset.json", entries["train"])
+        _write_json(self.base / "testset.json", entries["test"])
+        everything = sorted(entries["train"] + entries["test"], key=lambda e: e["qid"])
         _write_json(self.base / "VQA_RAD Dataset Public.json", everything)
 
 
@@ -1054,7 +1068,7 @@ class SlakeExporter(Exporter):
         ]
 
     def close(self) -> None:
-        for split, entries in self._entries.items():
+        for split, entries in _balanced_splits(self.folder, self._entries).items():
             _write_json(self.base / f"{split}.json", entries)
 
 

@@ -3,12 +3,15 @@
 Question types are VQA-RAD's codes (PRES, POS, ABN, COUNT, SIZE, ATTRIB, ORGAN, PLANE,
 MODALITY), content types SLAKE's (Abnormality, Position, Quantity, Size, Organ, Modality,
 Plane). Every answer is true for the scene; closed questions are drawn half "yes", half "no"
-where the scene allows it.
+where the scene allows it. A whole cohort's closed questions are then balanced per question text
+(`balance_closed_answers`), as VQA v2 balanced its answers, so that no question text tells its
+own answer and a model must look at the image to beat chance on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,3 +220,33 @@ def write_questions(
         key = wanted if pools[wanted] else next(k for k, pool in pools.items() if pool)
         chosen.append(pools[key].pop())
     return chosen
+
+
+def balance_closed_answers(entries: list[dict], rank: Callable[[dict], int]) -> list[dict]:
+    """``entries`` (dicts with "question", "answer", "answer_type") less the closed questions
+    needed to make each closed question text take both its answers equally often.
+
+    A scene asks about its own findings more often than a rare finding is present, so without
+    this a question such as "Is there a pneumothorax?" is mostly answered "yes" and the text
+    alone gives the answer. A text seen with one answer only is dropped. Of each text's majority
+    answer the entries of lowest ``rank`` stay (a hash of the entry, so which stay does not
+    depend on the order of the studies). Open questions and the order of the kept entries are
+    unchanged. Works on any language's yes/no pair.
+    """
+    positions: defaultdict[str, defaultdict[str, list[int]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for position, entry in enumerate(entries):
+        if entry["answer_type"] == "CLOSED":
+            positions[entry["question"]][entry["answer"]].append(position)
+    dropped: set[int] = set()
+    for question, by_answer in positions.items():
+        if len(by_answer) > 2:
+            raise ValueError(
+                f"closed question {question!r} has answers {sorted(by_answer)}: a closed "
+                "question takes one of two answers"
+            )
+        kept = min(map(len, by_answer.values())) if len(by_answer) == 2 else 0
+        for answered in by_answer.values():
+            dropped.update(sorted(answered, key=lambda p: rank(entries[p]))[kept:])
+    return [entry for position, entry in enumerate(entries) if position not in dropped]
