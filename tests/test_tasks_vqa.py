@@ -161,6 +161,31 @@ def test_linear_probe_freezes_the_image_encoder_and_unused_towers(backbone):
     assert all(p.requires_grad for p in fine_tuned.backbone.image_encoder.parameters())
 
 
+def test_answer_logits_ignore_padding_and_read_every_question_token(world, backbone):
+    dataset = VQARADDataset(world / "vqa_rad", split="train", transform=backbone.transform)
+    attach_region_boxes(dataset, None)
+    samples = [dataset[0], dataset[1]]
+    batch = VQACollator(backbone.tokenizer, ["yes", "no"], max_length=96)(samples)
+    model = VQAModel(backbone.model, ["yes", "no"], linear_probe=True).eval()
+    images, boxes = batch["image"], batch["boxes"]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        logits = model.logits(images, boxes, ids, mask)
+        padded = model.logits(
+            images,
+            boxes,
+            torch.nn.functional.pad(ids, (0, 5)),
+            torch.nn.functional.pad(mask, (0, 5)),
+        )
+        # The last real token of the first question swapped for another word.
+        last = int(mask[0].sum()) - 2
+        changed = ids.clone()
+        changed[0, last] = (changed[0, last] + 1) % len(backbone.tokenizer)
+        altered = model.logits(images, boxes, changed, mask)
+    torch.testing.assert_close(padded, logits, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(altered[0], logits[0]) and torch.equal(altered[1], logits[1])
+
+
 def test_head_fits_a_handful_of_questions(world, backbone, tmp_path):
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -1,9 +1,12 @@
 """Medical VQA (VQA-RAD, SLAKE) as classification over the answers seen in training.
 
 The question goes through the report encoder, attends to the image tokens (ViT tokens and the
-GK module's grounded entities) in the image-report encoder, and the fused [CLS] state feeds an
-MLP with one logit per training answer; cross-entropy. The answer vocabulary is the training
-split's normalised answers, most frequent first (ties by text), written to ``RUN/answers.json``;
+GK module's grounded entities) in the image-report encoder, and the mean of the fused question
+token states feeds an MLP with one logit per training answer; cross-entropy. Not the fused
+[CLS] alone: pre-training trains that state for image-report matching only, and from it a
+GK-MVLP run of 40 steps answered "yes" to 353 of 432 VQA-RAD questions, open ones included.
+The answer vocabulary is the training split's normalised answers, most frequent first (ties by
+text), written to ``RUN/answers.json``;
 test answers outside it cannot be predicted, so they count wrong (``unseen_test_answers``).
 The output bias starts at the log-frequency of each training answer, so a run with a handful of
 labelled questions does not spend its few steps learning the answer prior.
@@ -61,7 +64,7 @@ def vocabulary_key(answers: list[str]) -> int:
 
 
 class VQAModel(nn.Module):
-    """GK-MVLP question-image fusion -> fused [CLS] -> MLP -> one logit per answer."""
+    """GK-MVLP question-image fusion -> mean fused token -> MLP -> one logit per answer."""
 
     def __init__(
         self,
@@ -119,7 +122,9 @@ class VQAModel(nn.Module):
         image = self.backbone.encode_image(images, boxes)
         question = self.backbone.encode_text(input_ids, attention_mask)
         fused, _ = self.backbone.image_report_encoder(question, attention_mask, image.tokens)
-        return self.head(fused[:, 0])
+        real_tokens = attention_mask.unsqueeze(-1).to(fused.dtype)
+        pooled = (fused * real_tokens).sum(dim=1) / real_tokens.sum(dim=1)
+        return self.head(pooled)
 
     def forward(self, batch: dict[str, Any]) -> TaskOutput:
         logits = self.logits(
