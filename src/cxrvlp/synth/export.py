@@ -946,15 +946,24 @@ class IuXrayExporter(Exporter):
 
 
 def _balanced_splits(cohort: str, entries: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Each split's entries less what `balance_closed_answers` drops from it. Split by split:
-    balancing the cohort as a whole would leave each text's surplus answer in the training
-    split as its deficit in the test split, where a text prior would score below chance."""
-    return {
-        split: balance_closed_answers(
-            split_entries, rank=lambda entry: _number(cohort, entry["qid"])
-        )
-        for split, split_entries in entries.items()
-    }
+    """Each split's entries less what `balance_closed_answers` drops from its English ones.
+
+    Split by split: balancing the cohort as a whole would leave each text's surplus answer in
+    the training split as its deficit in the test split, where a text prior would score below
+    chance. SLAKE's Chinese copies stay as they are: there are too few per text to balance (a
+    small world would lose them all), and readers keep one language, English by default.
+    """
+    balanced = {}
+    for split, split_entries in entries.items():
+        english = [entry for entry in split_entries if entry.get("q_lang", "en") == "en"]
+        kept = balance_closed_answers(english, rank=lambda entry: _number(cohort, entry["qid"]))
+        kept_ids = {entry["qid"] for entry in kept}
+        balanced[split] = [
+            entry
+            for entry in split_entries
+            if entry["qid"] in kept_ids or entry.get("q_lang", "en") != "en"
+        ]
+    return balanced
 
 
 class VqaRadExporter(Exporter):
