@@ -596,7 +596,7 @@ def _kept_questions(studies: list[RenderedStudy], split_names: dict[str, str]) -
 def _assert_closed_balanced(entries: list[dict]) -> None:
     answers = Counter((e["question"], e["answer"]) for e in entries if e["answer_type"] == "CLOSED")
     for (question, answer), count in answers.items():
-        other = {"yes": "no", "no": "yes", "是": "否", "否": "是"}[answer]
+        other = {"yes": "no", "no": "yes"}[answer]
         assert answers[(question, other)] == count, question
 
 

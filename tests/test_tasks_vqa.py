@@ -177,7 +177,7 @@ def test_answer_logits_ignore_padding_and_read_every_question_token(world, backb
             torch.nn.functional.pad(ids, (0, 5)),
             torch.nn.functional.pad(mask, (0, 5)),
         )
-        # The last real token of the first question swapped for another word.
+        # The first question's last word (the token before [SEP]) swapped for another.
         last = int(mask[0].sum()) - 2
         changed = ids.clone()
         changed[0, last] = (changed[0, last] + 1) % len(backbone.tokenizer)

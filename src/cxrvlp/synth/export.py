@@ -957,12 +957,8 @@ def _balanced_splits(cohort: str, entries: dict[str, list[dict]]) -> dict[str, l
     for split, split_entries in entries.items():
         english = [entry for entry in split_entries if entry.get("q_lang", "en") == "en"]
         kept = balance_closed_answers(english, rank=lambda entry: _number(cohort, entry["qid"]))
-        kept_ids = {entry["qid"] for entry in kept}
-        balanced[split] = [
-            entry
-            for entry in split_entries
-            if entry["qid"] in kept_ids or entry.get("q_lang", "en") != "en"
-        ]
+        dropped = {entry["qid"] for entry in english} - {entry["qid"] for entry in kept}
+        balanced[split] = [entry for entry in split_entries if entry["qid"] not in dropped]
     return balanced
 
 

@@ -3,9 +3,9 @@
 Question types are VQA-RAD's codes (PRES, POS, ABN, COUNT, SIZE, ATTRIB, ORGAN, PLANE,
 MODALITY), content types SLAKE's (Abnormality, Position, Quantity, Size, Organ, Modality,
 Plane). Every answer is true for the scene; closed questions are drawn half "yes", half "no"
-where the scene allows it. A whole cohort's closed questions are then balanced per question text
-(`balance_closed_answers`), as VQA v2 balanced its answers, so that no question text tells its
-own answer and a model must look at the image to beat chance on them.
+where the scene allows it. The exporters then balance each split's closed questions per question
+text (`balance_closed_answers`), as VQA v2 balanced its answers, so that no question text tells
+its own answer and a model must look at the image to beat chance on them.
 """
 
 from __future__ import annotations

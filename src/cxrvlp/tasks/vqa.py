@@ -6,8 +6,8 @@ token states feeds an MLP with one logit per training answer; cross-entropy. Not
 [CLS] alone: pre-training trains that state for image-report matching only, and from it a
 GK-MVLP run of 40 steps answered "yes" to 353 of 432 VQA-RAD questions, open ones included.
 The answer vocabulary is the training split's normalised answers, most frequent first (ties by
-text), written to ``RUN/answers.json``;
-test answers outside it cannot be predicted, so they count wrong (``unseen_test_answers``).
+text), written to ``RUN/answers.json``; test answers outside it cannot be predicted, so they
+count wrong (``unseen_test_answers``).
 The output bias starts at the log-frequency of each training answer, so a run with a handful of
 labelled questions does not spend its few steps learning the answer prior.
 """
@@ -33,6 +33,7 @@ from cxrvlp.data.sample import Sample, collate_samples
 from cxrvlp.metrics.vqa import EXAMPLE_KEYS, is_correct, vqa_metrics
 from cxrvlp.models.outputs import TaskOutput
 from cxrvlp.recipes.batch import stable_key, tokenize
+from cxrvlp.recipes.gkmvlp import masked_mean
 from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,7 @@ class VQAModel(nn.Module):
         image = self.backbone.encode_image(images, boxes)
         question = self.backbone.encode_text(input_ids, attention_mask)
         fused, _ = self.backbone.image_report_encoder(question, attention_mask, image.tokens)
-        real_tokens = attention_mask.unsqueeze(-1).to(fused.dtype)
-        pooled = (fused * real_tokens).sum(dim=1) / real_tokens.sum(dim=1)
-        return self.head(pooled)
+        return self.head(masked_mean(fused, attention_mask))
 
     def forward(self, batch: dict[str, Any]) -> TaskOutput:
         logits = self.logits(
