@@ -13,6 +13,7 @@ from cxrvlp.metrics.vqa import vqa_metrics
 from cxrvlp.tasks.finetune import (
     TaskContext,
     attach_region_boxes,
+    open_split,
     random_backbone,
     training_texts,
 )
@@ -23,6 +24,8 @@ from cxrvlp.tasks.vqa import (
     VQATask,
     answer_log_prior,
     answer_vocabulary,
+    fit_answer_head,
+    question_features,
 )
 
 
@@ -228,6 +231,59 @@ def test_head_fits_a_handful_of_questions(world, backbone, tmp_path):
         VQATask().evaluate(ctx, reordered, dataset)
 
 
+def test_fit_answer_head_separates_clusters_and_ignores_unknown_answers():
+    torch.manual_seed(0)
+    centres = torch.randn(3, 16) * 3
+    targets = torch.arange(3).repeat(20)
+    features = centres[targets] + 0.3 * torch.randn(60, 16)
+    # Answers outside the vocabulary: their features sit on class 0 but say nothing.
+    targets[:6] = NOT_AN_ANSWER
+    head = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 3))
+    before = torch.nn.functional.cross_entropy(head(features[6:]), targets[6:]).item()
+    fit = fit_answer_head(head, features, targets)
+    assert fit["accuracy"] == 1.0
+    assert fit["loss"] < 0.05 < before
+    with torch.no_grad():
+        assert torch.equal(head(features[6:]).argmax(dim=1), targets[6:])
+
+
+def test_prepare_training_fits_the_head_on_unaugmented_frozen_features(world, backbone, tmp_path):
+    torch.manual_seed(0)
+    task = VQATask()
+    ctx = TaskContext(
+        task="vqa",
+        dataset="vqa-rad",
+        root=world / "vqa_rad",
+        out=tmp_path,
+        backbone=backbone,
+        init="random",
+        progress=False,
+    )
+    train_set = open_split(ctx, task, "train", train=True)
+    augmenting = train_set.transform
+    model = task.build_model(ctx, train_set)
+    encoder_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    collate = task.collate(ctx, model)
+    plain = VQARADDataset(world / "vqa_rad", split="train", transform=backbone.transform)
+    attach_region_boxes(plain, None)
+    features, targets = question_features(model, plain, collate, progress=False)
+    majority = targets.bincount().max().item() / len(targets)
+
+    fit = task.prepare_training(ctx, model, train_set)
+
+    assert fit["head_fit_questions"] == len(train_set) == len(targets)
+    with torch.no_grad():
+        fitted = (model.head(features).argmax(dim=1) == targets).float().mean().item()
+    # The returned accuracy is that of these (unaugmented) features, and the head learned
+    # more than the answer prior its bias starts from.
+    assert fit["head_fit_accuracy"] == pytest.approx(fitted)
+    assert fitted > majority + 0.1
+    # Only the head moved; the training split keeps its augmentation for fine-tuning.
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key
+    assert train_set.transform is augmenting and augmenting is not backbone.transform
+
+
 # ---- end to end -------------------------------------------------------------------------------
 
 
@@ -264,6 +320,8 @@ def test_finetune_vqa_rad_end_to_end_and_rescore(world, tmp_path):
     answers = _check_run(run, results, [(r.question, r.answer) for r in test.records])
     assert answers == answer_vocabulary(r.answer for r in train.records)
     assert results["steps"] == 3 and results["dataset"] == "vqa-rad"
+    assert results["head_fit_questions"] == results["train_samples"]
+    assert 0.0 <= results["head_fit_accuracy"] <= 1.0
 
     assert main(["evaluate", "vqa", "--run", str(run), "--quiet"]) == 0
     rescored = json.loads((run / "results.json").read_text())

@@ -89,7 +89,9 @@ class TaskContext:
 
 
 class FinetuneTask(Protocol):
-    """The contract every downstream task class meets."""
+    """The contract every downstream task class meets. A task may also define
+    ``prepare_training(ctx, model, train_set)``, run once before the first optimiser step of a
+    fine-tuning run (not when a run is re-scored); the dict it returns goes into results.json."""
 
     name: ClassVar[str]
     datasets: ClassVar[dict[str, DatasetSplits]]
@@ -320,6 +322,8 @@ def finetune(
     train_set = open_split(ctx, task, spec.train, train=True)
     test_set = open_split(ctx, task, spec.test, train=False)
     model = task.build_model(ctx, train_set)
+    prepare = getattr(task, "prepare_training", None)
+    prepared = {} if prepare is None else prepare(ctx, model, train_set)
     steps = int(max_steps or defaults.get("max_steps", 200))
     config = TrainConfig(
         batch_size=min(ctx.batch_size, len(train_set)),
@@ -357,6 +361,7 @@ def finetune(
         "steps": summary["steps"],
         "skipped_samples": summary["skipped_samples"] + getattr(test_set, "load_failures", 0),
         "minutes": round((time.monotonic() - started) / 60, 2),
+        **prepared,
         **results,
     }
     write_results(out, results)
