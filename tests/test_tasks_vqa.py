@@ -42,6 +42,18 @@ def backbone(world):
     return random_backbone("gkmvlp-tiny", None, texts)
 
 
+def _vqa_rad_context(world, backbone, out, **options):
+    return TaskContext(
+        task="vqa",
+        dataset="vqa-rad",
+        root=world / "vqa_rad",
+        out=out,
+        backbone=backbone,
+        init="random",
+        **options,
+    )
+
+
 def _prediction(answer, predicted, answer_type, image_id="img"):
     return {
         "image_id": image_id,
@@ -219,14 +231,7 @@ def test_head_fits_a_handful_of_questions(world, backbone, tmp_path):
     # The same weights under another answer order (a changed training split) are refused.
     reordered = VQAModel(backbone.model, list(reversed(answers)), linear_probe=False)
     reordered.load_state_dict(model.state_dict())
-    ctx = TaskContext(
-        task="vqa",
-        dataset="vqa-rad",
-        root=world / "vqa_rad",
-        out=tmp_path,
-        backbone=backbone,
-        init="random",
-    )
+    ctx = _vqa_rad_context(world, backbone, tmp_path)
     with pytest.raises(ValueError, match="another answer vocabulary"):
         VQATask().evaluate(ctx, reordered, dataset)
 
@@ -250,15 +255,7 @@ def test_fit_answer_head_separates_clusters_and_ignores_unknown_answers():
 def test_prepare_training_fits_the_head_on_unaugmented_frozen_features(world, backbone, tmp_path):
     torch.manual_seed(0)
     task = VQATask()
-    ctx = TaskContext(
-        task="vqa",
-        dataset="vqa-rad",
-        root=world / "vqa_rad",
-        out=tmp_path,
-        backbone=backbone,
-        init="random",
-        progress=False,
-    )
+    ctx = _vqa_rad_context(world, backbone, tmp_path, progress=False)
     train_set = open_split(ctx, task, "train", train=True)
     augmenting = train_set.transform
     model = task.build_model(ctx, train_set)

@@ -28,7 +28,7 @@ import copy
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +57,8 @@ NOT_AN_ANSWER = -100  # cross-entropy's ignore_index: a truth outside the vocabu
 HEAD_FIT_EPOCHS = 100
 HEAD_FIT_LR = 1e-3
 HEAD_FIT_WEIGHT_DECAY = 0.01
+# What VQAModel.logits and question_features take: images, boxes, input_ids, attention_mask.
+QuestionInputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
 
 
 def answer_vocabulary(answers: Iterable[str]) -> list[str]:
@@ -261,6 +263,33 @@ class VQATask:
         return vqa_metrics(predictions, known_answers=model.answers)
 
 
+def _question_batches(
+    model: VQAModel,
+    dataset: Any,
+    collate: VQACollator,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> Iterator[tuple[dict[str, Any], QuestionInputs]]:
+    """Each batch with readable images, and its (images, boxes, input_ids, attention_mask) on
+    the model's device; unreadable images are logged and left out."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    device = next(model.parameters()).device
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        for path, error in batch.get("skipped", []):
+            log.warning("%s: skipped %s: %s", desc, path, error)
+        if "image" not in batch:
+            continue
+        boxes = batch.get("boxes")
+        inputs = (
+            batch["image"].to(device),
+            None if boxes is None else boxes.to(device),
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+        )
+        yield batch, inputs
+
+
 @torch.no_grad()
 def question_features(
     model: VQAModel,
@@ -270,27 +299,14 @@ def question_features(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`VQAModel.question_features` (N, 2 x width) and answer indices (N,) of every readable
-    question, in eval mode; unreadable images are skipped (counted and logged)."""
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    device = next(model.parameters()).device
+    question, in eval mode; unreadable images are skipped and logged."""
     was_training = model.training
     model.eval()
     features, targets = [], []
-    for batch in tqdm(loader, desc="vqa head features", unit="batch", disable=not progress):
-        for path, error in batch.get("skipped", []):
-            log.warning("head features: skipped %s: %s", path, error)
-        if "image" not in batch:
-            continue
-        boxes = batch.get("boxes")
-        features.append(
-            model.question_features(
-                batch["image"].to(device),
-                None if boxes is None else boxes.to(device),
-                batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
-            ).float()
-        )
-        targets.append(batch["answer_index"].to(device))
+    batches = _question_batches(model, dataset, collate, batch_size, progress, "vqa head features")
+    for batch, inputs in batches:
+        features.append(model.question_features(*inputs).float())
+        targets.append(batch["answer_index"].to(inputs[0].device))
     model.train(was_training)
     if not features:
         raise ValueError(f"no readable image among the {len(dataset)} training questions")
@@ -329,19 +345,9 @@ def predict(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One {image_id, question, answer, predicted, answer_type, correct} per readable sample."""
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    device = next(model.parameters()).device
     predictions = []
-    for batch in tqdm(loader, desc="vqa", unit="batch", disable=not progress):
-        if "image" not in batch:
-            continue
-        boxes = batch.get("boxes")
-        logits = model.logits(
-            batch["image"].to(device),
-            None if boxes is None else boxes.to(device),
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-        )
+    for batch, inputs in _question_batches(model, dataset, collate, batch_size, progress, "vqa"):
+        logits = model.logits(*inputs)
         for row, choice in enumerate(logits.argmax(dim=1).tolist()):
             prediction = {key: batch[key][row] for key in EXAMPLE_KEYS if key != "predicted"}
             prediction["predicted"] = model.answers[choice]
