@@ -201,6 +201,22 @@ def test_answer_logits_ignore_padding_and_read_every_question_token(world, backb
     assert not torch.allclose(altered[0], logits[0]) and torch.equal(altered[1], logits[1])
 
 
+def test_questions_of_one_image_share_its_image_pass(world, backbone):
+    dataset = VQARADDataset(world / "vqa_rad", split="train", transform=backbone.transform)
+    attach_region_boxes(dataset, None)
+    dataset.records = dataset.records[:12]
+    assert len({record.image_id for record in dataset.records}) < len(dataset.records)
+    collate = VQACollator(backbone.tokenizer, ["yes", "no"], max_length=96)
+    model = VQAModel(backbone.model, ["yes", "no"], linear_probe=True).eval()
+    shared, _ = question_features(model, dataset, collate, batch_size=5, progress=False)
+    batch = collate([dataset[index] for index in range(len(dataset))])
+    with torch.no_grad():
+        each = model.question_features(
+            batch["image"], batch["boxes"], batch["input_ids"], batch["attention_mask"]
+        )
+    torch.testing.assert_close(shared, each, rtol=1e-4, atol=1e-5)
+
+
 def test_head_fits_a_handful_of_questions(world, backbone, tmp_path):
     torch.set_num_threads(1)
     torch.manual_seed(0)

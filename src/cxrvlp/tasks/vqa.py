@@ -57,8 +57,11 @@ NOT_AN_ANSWER = -100  # cross-entropy's ignore_index: a truth outside the vocabu
 HEAD_FIT_EPOCHS = 100
 HEAD_FIT_LR = 1e-3
 HEAD_FIT_WEIGHT_DECAY = 0.01
-# What VQAModel.logits and question_features take: images, boxes, input_ids, attention_mask.
-QuestionInputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]
+# What VQAModel.logits and question_features take: images, boxes, input_ids, attention_mask,
+# and the image row of each question (None: one image row per question).
+QuestionInputs = tuple[
+    torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None
+]
 
 
 def answer_vocabulary(answers: Iterable[str]) -> list[str]:
@@ -137,12 +140,17 @@ class VQAModel(nn.Module):
         boxes: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, 2 x width): the mean question token state after attending to the image, and
-        before (the question alone, which open questions mostly need)."""
-        image = self.backbone.encode_image(images, boxes)
+        before (the question alone, which open questions mostly need). With ``image_index``
+        (B,), ``images`` and ``boxes`` hold each distinct image once and question i reads
+        image ``image_index[i]``: the image towers then run once per image, not per question."""
+        image_tokens = self.backbone.encode_image(images, boxes).tokens
+        if image_index is not None:
+            image_tokens = image_tokens[image_index]
         question = self.backbone.encode_text(input_ids, attention_mask)
-        fused, _ = self.backbone.image_report_encoder(question, attention_mask, image.tokens)
+        fused, _ = self.backbone.image_report_encoder(question, attention_mask, image_tokens)
         return torch.cat(
             [masked_mean(fused, attention_mask), masked_mean(question, attention_mask)], dim=-1
         )
@@ -153,8 +161,10 @@ class VQAModel(nn.Module):
         boxes: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.head(self.question_features(images, boxes, input_ids, attention_mask))
+        features = self.question_features(images, boxes, input_ids, attention_mask, image_index)
+        return self.head(features)
 
     def forward(self, batch: dict[str, Any]) -> TaskOutput:
         logits = self.logits(
@@ -271,8 +281,10 @@ def _question_batches(
     progress: bool,
     desc: str,
 ) -> Iterator[tuple[dict[str, Any], QuestionInputs]]:
-    """Each batch with readable images, and its (images, boxes, input_ids, attention_mask) on
-    the model's device; unreadable images are logged and left out."""
+    """Each batch with readable images, and its `QuestionInputs` on the model's device, each
+    image once (the questions of an image are mostly neighbours, and the evaluation transform
+    is deterministic, so they share one image pass); unreadable images are logged and left
+    out."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     device = next(model.parameters()).device
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
@@ -280,12 +292,19 @@ def _question_batches(
             log.warning("%s: skipped %s: %s", desc, path, error)
         if "image" not in batch:
             continue
+        first_rows: dict[str, int] = {}
+        for row, image_id in enumerate(batch["image_id"]):
+            first_rows.setdefault(image_id, row)
+        slots = {image_id: slot for slot, image_id in enumerate(first_rows)}
+        distinct = torch.tensor(list(first_rows.values()))
+        image_index = torch.tensor([slots[image_id] for image_id in batch["image_id"]])
         boxes = batch.get("boxes")
         inputs = (
-            batch["image"].to(device),
-            None if boxes is None else boxes.to(device),
+            batch["image"][distinct].to(device),
+            None if boxes is None else boxes[distinct].to(device),
             batch["input_ids"].to(device),
             batch["attention_mask"].to(device),
+            image_index.to(device),
         )
         yield batch, inputs
 
