@@ -116,7 +116,7 @@ def test_every_answer_is_true_for_the_scene(scenes, question_sets):
 
 def test_question_sets_are_distinct_bounded_and_typed(question_sets):
     for questions in question_sets:
-        assert 1 <= len(questions) <= 8
+        assert 1 <= len(questions) <= 20
         assert len({q.question for q in questions}) == len(questions)
         for qa in questions:
             assert qa.question.endswith("?") and qa.answer
@@ -141,7 +141,12 @@ def test_mix_of_open_and_balanced_closed_questions(question_sets):
     assert 0.3 < answer_types["OPEN"] / len(every) < 0.7
     closed = Counter(qa.answer for qa in every if qa.answer_type == "CLOSED")
     assert set(closed) == {"yes", "no"}
-    assert 0.35 < closed["yes"] / closed.total() < 0.65
+    # A scene has few "yes" questions: its first draws split the two answers evenly, the
+    # later ones are mostly "no" (the exporters balance those per question text).
+    first_drawn = [qa for questions in question_sets for qa in questions[:8]]
+    first_closed = Counter(qa.answer for qa in first_drawn if qa.answer_type == "CLOSED")
+    assert 0.35 < first_closed["yes"] / first_closed.total() < 0.65
+    assert closed["yes"] / closed.total() < 0.35
     kinds = Counter(qa.question_type for qa in every)
     assert {"PRES", "POS", "ABN", "COUNT", "SIZE", "PLANE"} <= set(kinds)
     open_answers = {qa.answer for qa in every if qa.answer_type == "OPEN"}
