@@ -18,6 +18,7 @@ from cxrvlp.tasks.finetune import (
     training_texts,
 )
 from cxrvlp.tasks.vqa import (
+    HEAD_INPUTS,
     NOT_AN_ANSWER,
     VQACollator,
     VQAModel,
@@ -208,10 +209,10 @@ def test_questions_of_one_image_share_its_image_pass(world, backbone):
     assert len({record.image_id for record in dataset.records}) < len(dataset.records)
     collate = VQACollator(backbone.tokenizer, ["yes", "no"], max_length=96)
     model = VQAModel(backbone.model, ["yes", "no"], linear_probe=True).eval()
-    shared, _ = question_features(model, dataset, collate, batch_size=5, progress=False)
+    shared = question_features(model, dataset, collate, batch_size=5, progress=False).features
     batch = collate([dataset[index] for index in range(len(dataset))])
     with torch.no_grad():
-        each = model.question_features(
+        each, _ = model.encode(
             batch["image"], batch["boxes"], batch["input_ids"], batch["attention_mask"]
         )
     torch.testing.assert_close(shared, each, rtol=1e-4, atol=1e-5)
@@ -279,14 +280,21 @@ def test_prepare_training_fits_the_head_on_unaugmented_frozen_features(world, ba
     collate = task.collate(ctx, model)
     plain = VQARADDataset(world / "vqa_rad", split="train", transform=backbone.transform)
     attach_region_boxes(plain, None)
-    features, targets = question_features(model, plain, collate, progress=False)
+    targets = question_features(model, plain, collate, progress=False).targets
     majority = targets.bincount().max().item() / len(targets)
 
     fit = task.prepare_training(ctx, model, train_set)
 
     assert fit["head_fit_questions"] == len(train_set) == len(targets)
+    assert set(fit["head_input_cv_accuracy"]) == set(HEAD_INPUTS)
+    assert all(0 < value < 1 for value in fit["head_input_cv_accuracy"].values())
+    image_weight, zero_shot_weight = HEAD_INPUTS[fit["head_input"]]
+    assert float(model.image_weight) == image_weight
+    assert float(model.zero_shot_weight) == zero_shot_weight
+    data = question_features(model, plain, collate, progress=False)
     with torch.no_grad():
-        fitted = (model.head(features).argmax(dim=1) == targets).float().mean().item()
+        logits = model.head(data.features) + model.answer_offsets(data.log_odds, zero_shot_weight)
+        fitted = (logits.argmax(dim=1) == targets).float().mean().item()
     # The returned accuracy is that of these (unaugmented) features, and the head learned
     # more than the answer prior its bias starts from.
     assert fit["head_fit_accuracy"] == pytest.approx(fitted)

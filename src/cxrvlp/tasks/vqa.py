@@ -16,11 +16,22 @@ count wrong (``unseen_test_answers``).
 The output bias starts at the log-frequency of each training answer, so a run with a handful of
 labelled questions does not spend its few steps learning the answer prior.
 
+Few labelled images: what a head learns from the pixels of three images does not carry to a new
+one (the demo's GK-MVLP head then matched each test image to the training image it most
+resembled, and answered SLAKE at 1 % below random init). The pre-trained model still has an
+opinion of a new image: its zero-shot log-odds that the one finding a yes/no question names is
+there (`tasks/vqa_zero_shot.py`). So the head input is one of two (`HEAD_INPUTS`): the question
+alone with that prior added to the "yes" and "no" logits, or the question and the fused half
+without it; leave-images-out cross-validation on the labelled questions chooses
+(`choose_head_input`), and ``results.json`` says which (``head_input``) and why
+(``head_input_cv_accuracy``). A head that does not read the image leaves the image side
+frozen (`VQAModel.set_head_input`).
+
 Training is LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features"): before
-the first optimiser step the head is fitted on the frozen encoders' features of every training
-question (`fit_answer_head`), then the whole model is fine-tuned from there. A head that starts
-random sends random gradients into the pre-trained layers for the first steps; in the demo's 40
-steps no row then got past answering from the question text. With the fit, the demo's GK-MVLP
+the first optimiser step the head input is chosen and the head fitted on the frozen encoders'
+features of every training question (`fit_answer_head`), then the model is fine-tuned from
+there. A head that starts random sends random gradients into the pre-trained layers for the
+first steps; in the demo's 40 steps no row then got past answering from the question text. With the fit, the demo's GK-MVLP
 run answers 0.72 of the balanced closed VQA-RAD test questions after its 40 steps (random init
 0.50, a coin).
 """
@@ -32,6 +43,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +61,12 @@ from cxrvlp.models.outputs import TaskOutput
 from cxrvlp.recipes.batch import stable_key, tokenize
 from cxrvlp.recipes.gkmvlp import masked_mean
 from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
+from cxrvlp.tasks.vqa_zero_shot import (
+    finding_names,
+    finding_prompt_embeddings,
+    finding_queries,
+    yes_log_odds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +78,29 @@ NOT_AN_ANSWER = -100  # cross-entropy's ignore_index: a truth outside the vocabu
 HEAD_FIT_EPOCHS = 100
 HEAD_FIT_LR = 1e-3
 HEAD_FIT_WEIGHT_DECAY = 0.01
-# What VQAModel.logits and question_features take: images, boxes, input_ids, attention_mask,
-# and the image row of each question (None: one image row per question).
+# The zero-shot log-odds' weight on the yes/no logits of a head that reads the question alone:
+# large, so the pre-trained opinion of a new image outweighs a head fitted on a few questions.
+# Frozen-feature simulations of the demo's GK-MVLP on eight random 3-image SLAKE training sets,
+# each head input chosen by cross-validation: weight 2 0.436, 4 0.446, 8 0.462 (random init
+# 0.417).
+ZERO_SHOT_WEIGHT = 8.0
+# The head inputs cross-validation chooses from, as (fused half's weight, zero-shot weight);
+# on a tie the first, which learns nothing from the labelled images' pixels.
+HEAD_INPUTS = {"question+zero-shot": (0.0, ZERO_SHOT_WEIGHT), "question+image": (1.0, 0.0)}
+CV_FOLDS = 5
+YES_NO = ("yes", "no")
+UNSEEN_ANSWER = -1e9  # a logit offset: answers no training question of a fold has
+# What VQAModel.encode and logits take: images, boxes, input_ids, attention_mask, the image row
+# of each question (None: one image row per question), and each question's finding row and
+# sign for the zero-shot prior (None: no prior).
 QuestionInputs = tuple[
-    torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None
+    torch.Tensor,
+    torch.Tensor | None,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
 ]
 
 
@@ -89,7 +126,9 @@ def vocabulary_key(answers: list[str]) -> int:
 
 
 class VQAModel(nn.Module):
-    """GK-MVLP question-image fusion -> mean fused token -> MLP -> one logit per answer."""
+    """GK-MVLP question-image fusion -> mean fused token -> MLP -> one logit per answer, plus
+    the zero-shot yes/no prior (`tasks/vqa_zero_shot.py`) where the head input chosen for the
+    run uses it (``image_weight`` and ``zero_shot_weight``, saved with the weights)."""
 
     def __init__(
         self,
@@ -97,17 +136,19 @@ class VQAModel(nn.Module):
         answers: list[str],
         linear_probe: bool,
         answer_log_prior: torch.Tensor | None = None,
+        findings: list[str] | None = None,
+        finding_prompts: torch.Tensor | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.answers = list(answers)
         self.linear_probe = linear_probe
-        width = 2 * backbone.image_report_encoder.width  # see question_features
+        self.width = backbone.image_report_encoder.width
         self.head = nn.Sequential(
-            nn.Linear(width, 2 * width),
+            nn.Linear(2 * self.width, 4 * self.width),  # see encode
             nn.GELU(),
-            nn.LayerNorm(2 * width),
-            nn.Linear(2 * width, len(self.answers)),
+            nn.LayerNorm(4 * self.width),
+            nn.Linear(4 * self.width, len(self.answers)),
         )
         if answer_log_prior is not None:
             if answer_log_prior.shape != (len(self.answers),):
@@ -117,73 +158,144 @@ class VQAModel(nn.Module):
                 )
             with torch.no_grad():
                 self.head[-1].bias.copy_(answer_log_prior)
+        if (findings is None) != (finding_prompts is None) or (
+            findings is not None and finding_prompts.shape[:2] != (len(findings), 2)
+        ):
+            raise ValueError("findings and finding_prompts (F, 2, D) come together, F = findings")
+        self.findings = findings
+        self.register_buffer("finding_prompts", finding_prompts)
+        self.yes_no = tuple(self.answers.index(a) if a in self.answers else None for a in YES_NO)
+        self.register_buffer("image_weight", torch.tensor(1.0))
+        self.register_buffer("zero_shot_weight", torch.tensor(0.0))
         # Saved with the weights, so a checkpoint re-scored against another vocabulary is caught.
         self.register_buffer("vocabulary_key", torch.tensor(vocabulary_key(self.answers)))
         # Only what the VQA forward reaches trains: the decoder, ITC/ITM/ECLS heads and any
         # momentum copies would get no gradient (and trip DistributedDataParallel).
         backbone.requires_grad_(False)
-        trained = [backbone.text_encoder, backbone.image_to_text]
-        trained += [backbone.image_report_encoder.layers]
-        trained += [m for m in (backbone.own_knowledge_encoder, backbone.gk) if m is not None]
-        if not linear_probe:
-            trained.append(backbone.image_encoder)
-        for module in trained:
+        backbone.text_encoder.requires_grad_(True)
+        for module in self._image_side(with_encoder=not linear_probe):
             module.requires_grad_(True)
+
+    def _image_side(self, with_encoder: bool) -> list[nn.Module]:
+        """The modules between the pixels and the fused half of the head input."""
+        backbone = self.backbone
+        modules = [backbone.image_to_text, backbone.image_report_encoder.layers]
+        modules += [m for m in (backbone.own_knowledge_encoder, backbone.gk) if m is not None]
+        return modules + [backbone.image_encoder] * with_encoder
+
+    @property
+    def reads_image(self) -> bool:
+        return float(self.image_weight) != 0.0
+
+    def set_head_input(self, image_weight: float, zero_shot_weight: float) -> None:
+        """Weigh the fused half and the zero-shot prior (a `HEAD_INPUTS` entry). A head that
+        does not read the image freezes the image side, encoder included: nothing there gets a
+        gradient, and a training-mode encoder would still move its normalisation statistics
+        on a few augmented images and so shift the zero-shot prior's image embeddings."""
+        self.image_weight.fill_(image_weight)
+        self.zero_shot_weight.fill_(zero_shot_weight)
+        if not self.reads_image:
+            for module in self._image_side(with_encoder=True):
+                module.requires_grad_(False)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> VQAModel:
         super().train(mode)
-        if self.linear_probe:
+        if self.linear_probe or not self.reads_image:
             # A frozen encoder keeps its normalisation statistics too.
             self.backbone.image_encoder.eval()
         return self
 
-    def question_features(
+    def encode(
         self,
         images: torch.Tensor,
         boxes: torch.Tensor | None,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         image_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B, 2 x width): the mean question token state after attending to the image, and
-        before (the question alone, which open questions mostly need). With ``image_index``
-        (B,), ``images`` and ``boxes`` hold each distinct image once and question i reads
-        image ``image_index[i]``: the image towers then run once per image, not per question."""
-        image_tokens = self.backbone.encode_image(images, boxes).tokens
+        finding_index: torch.Tensor | None = None,
+        finding_sign: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head input (B, 2 x width): the mean question token state after attending to the
+        image, times ``image_weight``, and before (the question alone, which open questions
+        mostly need); and the zero-shot log-odds of "yes" (B,), unweighted and not trained
+        (None without ``finding_index`` or finding prompts). With ``image_index`` (B,),
+        ``images`` and ``boxes`` hold each distinct image once and question i reads image
+        ``image_index[i]``: the image towers then run once per image, not per question."""
+        image = self.backbone.encode_image(images, boxes)
+        image_tokens, image_embeddings = image.tokens, image.embedding
         if image_index is not None:
             image_tokens = image_tokens[image_index]
+            image_embeddings = image_embeddings[image_index]
         question = self.backbone.encode_text(input_ids, attention_mask)
         fused, _ = self.backbone.image_report_encoder(question, attention_mask, image_tokens)
         halves = [masked_mean(fused, attention_mask), masked_mean(question, attention_mask)]
         # Each half normalised on its own, so neither outweighs the other by scale alone.
-        return torch.cat([F.layer_norm(half, half.shape[-1:]) for half in halves], dim=-1)
+        features = torch.cat([F.layer_norm(half, half.shape[-1:]) for half in halves], dim=-1)
+        features = self.weigh_image_half(features, self.image_weight)
+        if finding_index is None or self.finding_prompts is None:
+            return features, None
+        log_odds = yes_log_odds(
+            image_embeddings,
+            self.finding_prompts,
+            self.backbone.logit_scale.exp(),
+            finding_index,
+            finding_sign,
+        )
+        return features, log_odds.detach()
 
-    def logits(
-        self,
-        images: torch.Tensor,
-        boxes: torch.Tensor | None,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_index: torch.Tensor | None = None,
+    def weigh_image_half(
+        self, features: torch.Tensor, weight: torch.Tensor | float
     ) -> torch.Tensor:
-        features = self.question_features(images, boxes, input_ids, attention_mask, image_index)
-        return self.head(features)
+        return torch.cat([features[:, : self.width] * weight, features[:, self.width :]], dim=-1)
+
+    def answer_offsets(
+        self, log_odds: torch.Tensor | None, weight: torch.Tensor | float
+    ) -> torch.Tensor | float:
+        """(B, answers) additions to the head's logits: half the weighted log-odds to "yes",
+        minus half to "no" (0 without log-odds)."""
+        if log_odds is None:
+            return 0.0
+        offsets = torch.zeros(len(log_odds), len(self.answers), device=log_odds.device)
+        for column, sign in zip(self.yes_no, (0.5, -0.5), strict=True):
+            if column is not None:
+                offsets[:, column] = sign * weight * log_odds
+        return offsets
+
+    def logits(self, *inputs: Any) -> torch.Tensor:
+        """One logit per answer; ``inputs`` as `encode` takes them (`QuestionInputs`)."""
+        features, log_odds = self.encode(*inputs)
+        return self.head(features) + self.answer_offsets(log_odds, self.zero_shot_weight)
 
     def forward(self, batch: dict[str, Any]) -> TaskOutput:
         logits = self.logits(
-            batch["image"], batch.get("boxes"), batch["input_ids"], batch["attention_mask"]
+            batch["image"],
+            batch.get("boxes"),
+            batch["input_ids"],
+            batch["attention_mask"],
+            None,
+            batch.get("finding_index"),
+            batch.get("finding_sign"),
         )
         loss = F.cross_entropy(logits.float(), batch["answer_index"], ignore_index=NOT_AN_ANSWER)
         return TaskOutput(loss=loss, losses={"ce": loss.detach()}, logits=logits)
 
 
 class VQACollator:
-    """Samples -> batch with question tokens, answer indices and stacked region boxes."""
+    """Samples -> batch with question tokens, answer indices, stacked region boxes, and with
+    ``findings`` each question's finding row and sign (`vqa_zero_shot.finding_queries`)."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, answers: list[str], max_length: int):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        answers: list[str],
+        max_length: int,
+        findings: list[str] | None = None,
+    ):
         self.tokenizer = tokenizer
         self.index = {answer: position for position, answer in enumerate(answers)}
         self.max_length = max_length
+        self.findings = findings
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         batch = collate_samples(samples)
@@ -195,6 +307,10 @@ class VQACollator:
         batch["answer_index"] = torch.tensor(
             [self.index.get(normalize_answer(a), NOT_AN_ANSWER) for a in batch["answer"]]
         )
+        if self.findings is not None:
+            batch["finding_index"], batch["finding_sign"] = finding_queries(
+                batch["question"], self.findings
+            )
         if "boxes" in batch:
             # (29, 4) per image from open_split; NaN rows mean the whole image to the GK module.
             batch["boxes"] = torch.stack(batch["boxes"])
@@ -230,34 +346,58 @@ class VQATask:
         write_answers(ctx.out / ANSWERS_FILE, answers)
         log.info("%s: %d answers in the training split", ctx.dataset, len(answers))
         prior = answer_log_prior(training_answers, answers)
-        return VQAModel(ctx.backbone.model, answers, ctx.linear_probe, answer_log_prior=prior)
+        findings = finding_names()
+        max_length = int(ctx.backbone.config.text.max_length)
+        prompts = finding_prompt_embeddings(
+            ctx.backbone.model, ctx.backbone.tokenizer, findings, max_length
+        )
+        return VQAModel(
+            ctx.backbone.model,
+            answers,
+            ctx.linear_probe,
+            answer_log_prior=prior,
+            findings=findings,
+            finding_prompts=prompts,
+        )
 
     def collate(self, ctx: TaskContext, model: nn.Module) -> Any:
         max_length = int(ctx.backbone.config.text.max_length)
-        return VQACollator(ctx.backbone.tokenizer, model.answers, max_length)
+        return VQACollator(ctx.backbone.tokenizer, model.answers, max_length, model.findings)
 
     def prepare_training(
         self, ctx: TaskContext, model: nn.Module, train_set: Any
     ) -> dict[str, Any]:
-        """The LP step of LP-FT: fit the head on frozen features of the training questions,
-        read without augmentation (the module docstring says why); returns the fit's figures
-        for results.json."""
+        """The LP step of LP-FT: choose the head input by cross-validation and fit the head on
+        frozen features of the training questions, read without augmentation (the module
+        docstring says why); returns the choice and the fit's figures for results.json."""
         plain = copy.copy(train_set)
         plain.transform = ctx.backbone.transform
-        features, targets = question_features(
+        data = question_features(
             model, plain, self.collate(ctx, model), ctx.batch_size, ctx.progress
         )
-        fit = fit_answer_head(model.head, features, targets)
+        choice, scores = choose_head_input(model, data)
+        image_weight, zero_shot_weight = HEAD_INPUTS[choice]
+        model.set_head_input(image_weight, zero_shot_weight)
+        fit = fit_answer_head(
+            model.head,
+            model.weigh_image_half(data.features, image_weight),
+            data.targets,
+            offsets=model.answer_offsets(data.log_odds, zero_shot_weight),
+        )
         log.info(
-            "%s: answer head fitted on %d frozen question features: loss %.3f, training "
-            "accuracy %.3f",
+            "%s: head input %s (cross-validated accuracy %s); answer head fitted on %d frozen "
+            "question features: loss %.3f, training accuracy %.3f",
             ctx.dataset,
-            len(targets),
+            choice,
+            ", ".join(f"{name} {value:.3f}" for name, value in scores.items()) or "not run",
+            len(data.targets),
             fit["loss"],
             fit["accuracy"],
         )
         return {
-            "head_fit_questions": len(targets),
+            "head_input": choice,
+            "head_input_cv_accuracy": scores,
+            "head_fit_questions": len(data.targets),
             "head_fit_loss": fit["loss"],
             "head_fit_accuracy": fit["accuracy"],
         }
@@ -301,6 +441,7 @@ def _question_batches(
         slots = {image_id: slot for slot, image_id in enumerate(first_rows)}
         distinct = torch.tensor(list(first_rows.values()))
         image_index = torch.tensor([slots[image_id] for image_id in batch["image_id"]])
+        optional = [batch.get(key) for key in ("finding_index", "finding_sign")]
         boxes = batch.get("boxes")
         inputs = (
             batch["image"][distinct].to(device),
@@ -308,8 +449,19 @@ def _question_batches(
             batch["input_ids"].to(device),
             batch["attention_mask"].to(device),
             image_index.to(device),
+            *(None if value is None else value.to(device) for value in optional),
         )
         yield batch, inputs
+
+
+@dataclass
+class QuestionFeatures:
+    """Frozen `VQAModel.encode` results of a split's readable questions."""
+
+    features: torch.Tensor  # (N, 2 x width), the fused half at the model's image_weight
+    targets: torch.Tensor  # (N,) answer indices
+    log_odds: torch.Tensor | None  # (N,) zero-shot log-odds of "yes"; None without prompts
+    image_ids: list[str]
 
 
 @torch.no_grad()
@@ -319,20 +471,70 @@ def question_features(
     collate: VQACollator,
     batch_size: int = 32,
     progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`VQAModel.question_features` (N, 2 x width) and answer indices (N,) of every readable
-    question, in eval mode; unreadable images are skipped and logged."""
+) -> QuestionFeatures:
+    """`VQAModel.encode` of every readable question, in eval mode, with its answer index and
+    image; unreadable images are skipped and logged."""
     was_training = model.training
     model.eval()
-    features, targets = [], []
+    features, targets, log_odds, image_ids = [], [], [], []
     batches = _question_batches(model, dataset, collate, batch_size, progress, "vqa head features")
     for batch, inputs in batches:
-        features.append(model.question_features(*inputs).float())
+        encoded, odds = model.encode(*inputs)
+        features.append(encoded.float())
         targets.append(batch["answer_index"].to(inputs[0].device))
+        log_odds.append(odds)
+        image_ids += batch["image_id"]
     model.train(was_training)
     if not features:
         raise ValueError(f"no readable image among the {len(dataset)} training questions")
-    return torch.cat(features), torch.cat(targets)
+    return QuestionFeatures(
+        features=torch.cat(features),
+        targets=torch.cat(targets),
+        log_odds=None if log_odds[0] is None else torch.cat(log_odds).float(),
+        image_ids=image_ids,
+    )
+
+
+def choose_head_input(
+    model: VQAModel, data: QuestionFeatures, folds: int = CV_FOLDS
+) -> tuple[str, dict[str, float]]:
+    """The `HEAD_INPUTS` entry whose head, fitted on the questions of the other images,
+    answers the questions of held-out images best (images dealt round-robin into at most
+    ``folds`` folds, every question scored once); and each entry's accuracy. With a single
+    image there is nothing to hold out: the first entry.
+
+    A head that reads the fused half learns from the labelled images' pixels; with a handful
+    of images it matches a new image to the one it most resembles, and the question alone with
+    the zero-shot prior answers better. Which regime a run is in is measured here on the
+    labelled data, not assumed from its size."""
+    images = sorted(set(data.image_ids))
+    if len(images) < 2 or data.log_odds is None:
+        choice = next(iter(HEAD_INPUTS)) if data.log_odds is not None else "question+image"
+        return choice, {}
+    count = min(folds, len(images))
+    fold_of = {image: position % count for position, image in enumerate(images)}
+    fold = torch.tensor([fold_of[image] for image in data.image_ids], device=data.targets.device)
+    scores = {}
+    for name, (image_weight, zero_shot_weight) in HEAD_INPUTS.items():
+        features = model.weigh_image_half(data.features, image_weight)
+        offsets = model.answer_offsets(data.log_odds, zero_shot_weight)
+        correct = 0
+        for held_out in range(count):
+            train = (fold != held_out) & (data.targets != NOT_AN_ANSWER)
+            test = fold == held_out
+            counts = torch.bincount(data.targets[train], minlength=len(model.answers)).float()
+            # A head of the fold's own vocabulary: answers its questions lack cannot win.
+            unseen = torch.where(counts > 0, 0.0, UNSEEN_ANSWER)
+            head = copy.deepcopy(model.head)
+            with torch.no_grad():
+                head[-1].bias.copy_(torch.log(counts.clamp(min=1) / counts.sum()))
+            fold_offsets = offsets + unseen
+            fit_answer_head(head, features[train], data.targets[train], offsets=fold_offsets[train])
+            with torch.no_grad():
+                predicted = (head(features[test]) + fold_offsets[test]).argmax(dim=1)
+            correct += int((predicted == data.targets[test]).sum())
+        scores[name] = correct / len(data.targets)
+    return max(scores, key=scores.get), scores
 
 
 def fit_answer_head(
@@ -341,17 +543,20 @@ def fit_answer_head(
     targets: torch.Tensor,
     epochs: int = HEAD_FIT_EPOCHS,
     lr: float = HEAD_FIT_LR,
+    offsets: torch.Tensor | float = 0.0,
 ) -> dict[str, float]:
-    """Full-batch AdamW on the head alone; returns the final training loss and accuracy."""
+    """Full-batch AdamW on the head alone, its logits plus the fixed ``offsets`` (N, answers);
+    returns the final training loss and accuracy."""
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=HEAD_FIT_WEIGHT_DECAY)
     with torch.enable_grad():
         for _ in range(epochs):
-            loss = F.cross_entropy(head(features), targets, ignore_index=NOT_AN_ANSWER)
+            logits = head(features) + offsets
+            loss = F.cross_entropy(logits, targets, ignore_index=NOT_AN_ANSWER)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        logits = head(features)
+        logits = head(features) + offsets
         loss = F.cross_entropy(logits, targets, ignore_index=NOT_AN_ANSWER)
         known = targets != NOT_AN_ANSWER
         accuracy = (logits.argmax(dim=1) == targets)[known].float().mean()
