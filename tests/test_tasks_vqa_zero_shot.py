@@ -9,10 +9,10 @@ from cxrvlp.tasks.vqa_zero_shot import (
     NO_FINDING,
     asked_finding,
     finding_names,
-    finding_prompt_embeddings,
     finding_queries,
     yes_log_odds,
 )
+from cxrvlp.tasks.zeroshot import prompt_pair_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_yes_log_odds_is_the_signed_difference_of_prompt_logits():
 
 def test_prompt_embeddings_are_the_itc_embeddings_of_both_prompts(backbone):
     model = backbone.model
-    prompts = finding_prompt_embeddings(model, backbone.tokenizer, ["pneumothorax"], 32)
+    prompts = prompt_pair_embeddings(model, backbone.tokenizer, ["pneumothorax"], 32)
     assert prompts.shape == (1, 2, model.image_proj.out_features)
     assert torch.allclose(prompts.norm(dim=-1), torch.ones(1, 2), atol=1e-5)
     assert not torch.allclose(prompts[0, 0], prompts[0, 1])

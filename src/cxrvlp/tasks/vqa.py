@@ -61,12 +61,8 @@ from cxrvlp.models.outputs import TaskOutput
 from cxrvlp.recipes.batch import stable_key, tokenize
 from cxrvlp.recipes.gkmvlp import masked_mean
 from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
-from cxrvlp.tasks.vqa_zero_shot import (
-    finding_names,
-    finding_prompt_embeddings,
-    finding_queries,
-    yes_log_odds,
-)
+from cxrvlp.tasks.vqa_zero_shot import finding_names, finding_queries, yes_log_odds
+from cxrvlp.tasks.zeroshot import prompt_pair_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +344,7 @@ class VQATask:
         prior = answer_log_prior(training_answers, answers)
         findings = finding_names()
         max_length = int(ctx.backbone.config.text.max_length)
-        prompts = finding_prompt_embeddings(
+        prompts = prompt_pair_embeddings(
             ctx.backbone.model, ctx.backbone.tokenizer, findings, max_length
         )
         return VQAModel(
@@ -507,10 +503,11 @@ def choose_head_input(
     of images it matches a new image to the one it most resembles, and the question alone with
     the zero-shot prior answers better. Which regime a run is in is measured here on the
     labelled data, not assumed from its size."""
+    if data.log_odds is None:  # a model built without finding prompts has no prior to add
+        return "question+image", {}
     images = sorted(set(data.image_ids))
-    if len(images) < 2 or data.log_odds is None:
-        choice = next(iter(HEAD_INPUTS)) if data.log_odds is not None else "question+image"
-        return choice, {}
+    if len(images) < 2:
+        return next(iter(HEAD_INPUTS)), {}
     count = min(folds, len(images))
     fold_of = {image: position % count for position, image in enumerate(images)}
     fold = torch.tensor([fold_of[image] for image in data.image_ids], device=data.targets.device)

@@ -13,11 +13,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from cxrvlp.recipes.batch import tokenize
-from cxrvlp.tasks.zeroshot import NEGATIVE_PROMPT, POSITIVE_PROMPT
 from cxrvlp.text.parse import load_entities, parse_report
 
 # Words that open a question answered "yes" or "no" ("Which side ...?" and "What ...?" do not).
@@ -62,23 +58,6 @@ def finding_queries(questions: list[str], findings: list[str]) -> tuple[torch.Te
             index.append(rows[asked[0]])
             sign.append(asked[1])
     return torch.tensor(index), torch.tensor(sign)
-
-
-@torch.no_grad()
-def finding_prompt_embeddings(
-    model: nn.Module, tokenizer: PreTrainedTokenizerBase, findings: list[str], max_length: int
-) -> torch.Tensor:
-    """(F, 2, D) ITC embeddings of "there is <finding>." and "no <finding>." per finding."""
-    prompts = [POSITIVE_PROMPT.format(name) for name in findings]
-    prompts += [NEGATIVE_PROMPT.format(name) for name in findings]
-    device = model.logit_scale.device
-    was_training = model.training
-    model.eval()
-    ids, mask = tokenize(tokenizer, prompts, max_length)
-    ids, mask = ids.to(device), mask.to(device)
-    embeddings = model.text_embedding(model.encode_text(ids, mask), mask)
-    model.train(was_training)
-    return torch.stack([embeddings[: len(findings)], embeddings[len(findings) :]], dim=1)
 
 
 def yes_log_odds(

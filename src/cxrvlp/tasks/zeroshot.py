@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.export import Pretrained
@@ -41,6 +43,24 @@ def finding_phrase(label: str) -> str:
 
 
 @torch.no_grad()
+def prompt_pair_embeddings(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, phrases: list[str], max_length: int
+) -> torch.Tensor:
+    """(F, 2, D) ITC embeddings of "there is <phrase>." and "no <phrase>." per phrase, read in
+    eval mode (the model's mode is restored)."""
+    prompts = [POSITIVE_PROMPT.format(phrase) for phrase in phrases]
+    prompts += [NEGATIVE_PROMPT.format(phrase) for phrase in phrases]
+    device = model.logit_scale.device
+    was_training = model.training
+    model.eval()
+    ids, mask = tokenize(tokenizer, prompts, max_length)
+    ids, mask = ids.to(device), mask.to(device)
+    embeddings = model.text_embedding(model.encode_text(ids, mask), mask)
+    model.train(was_training)
+    return torch.stack([embeddings[: len(phrases)], embeddings[len(phrases) :]], dim=1)
+
+
+@torch.no_grad()
 def zero_shot_scores(
     pretrained: Pretrained, dataset: Any, batch_size: int = 32, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
@@ -48,13 +68,14 @@ def zero_shot_scores(
     model = pretrained.model
     names = [n for n in dataset.label_names if n.lower() not in UNPROMPTABLE]
     columns = [list(dataset.label_names).index(n) for n in names]
-    prompts = [POSITIVE_PROMPT.format(finding_phrase(n)) for n in names]
-    prompts += [NEGATIVE_PROMPT.format(finding_phrase(n)) for n in names]
     device = next(model.parameters()).device
-    ids, mask = tokenize(pretrained.tokenizer, prompts, int(pretrained.config.text.max_length))
-    ids, mask = ids.to(device), mask.to(device)
-    text = model.text_embedding(model.encode_text(ids, mask), mask)
-    positive, negative = text[: len(names)], text[len(names) :]
+    pairs = prompt_pair_embeddings(
+        model,
+        pretrained.tokenizer,
+        [finding_phrase(n) for n in names],
+        int(pretrained.config.text.max_length),
+    )
+    positive, negative = pairs[:, 0], pairs[:, 1]
     scale = model.logit_scale.exp()
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
     parts: dict[str, list[torch.Tensor]] = {"p": [], "y": [], "m": []}
