@@ -1,9 +1,9 @@
-"""The whole pipeline at micro scale: synth -> detector -> pre-training -> every task -> report."""
+"""The whole pipeline at micro scale: synth -> detector -> pre-training -> benchmark -> report."""
 
 import json
 
 from cxrvlp.cli import main
-from cxrvlp.demo import Demo, demo_config
+from cxrvlp.demo import FULL, QUICK, demo_config
 
 MICRO = """
 world: {studies: 40, image_size: 96, downstream_fraction: 0.5, cohort_studies: {rsna: 24}}
@@ -11,66 +11,68 @@ threads: 1
 workers: 1
 tokenizer: {vocab_size: 400}
 detector: {image_size: 96, batch_size: 2, max_steps: 2}
-pretrain: {batch_size: 4, warmup_steps: 1, max_steps: 2, itc_max_steps: 2}
-evaluate: {zero_shot: [nih]}
+pretrain: {batch_size: 4, warmup_steps: 1, max_steps: 2, models: [gkmvlp, itc]}
+"""
+MICRO_PROTOCOL = """
+name: micro
+fractions: [0.5, 1.0]
+batch_size: 2
+evaluations:
+  - {task: retrieval}
+  - {task: grounding}
+  - {task: entities}
+  - {task: zero-shot, datasets: [nih]}
 finetune:
-  fractions: [0.5, 1.0]
-  batch_size: 2
-  runs:
-    - {task: classification, dataset: chexpert, linear_probe: true, steps: 1, seeds: [0, 1]}
-    - {task: localization, dataset: rsna, linear_probe: false, steps: 1}
-    - {task: generation, dataset: iu-xray, linear_probe: false, steps: 1}
-    - {task: vqa, dataset: slake, linear_probe: false, steps: 1}
+  - {task: classification, dataset: chexpert, linear_probe: true, steps: 1, seeds: [0, 1]}
+  - {task: localization, dataset: rsna, steps: 1}
+  - {task: generation, dataset: iu-xray, steps: 1}
+  - {task: vqa, dataset: slake, steps: 1}
 """
 
 
 def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
     config = tmp_path / "micro.yaml"
     config.write_text(MICRO)
+    protocol = tmp_path / "micro-protocol.yaml"
+    protocol.write_text(MICRO_PROTOCOL)
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--config", str(config)]) == 0
+    argv = ["demo", "--out", str(out), "--config", str(config), "--protocol", str(protocol)]
+    assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["pretraining"]) == {"gkmvlp", "itc"}
+    runs = results["runs"]
+    # evaluations: retrieval, grounding, zero-shot of both models, entities of GK-MVLP only
+    # (the ITC-only model has no ECLS, so it is skipped with the reason)
+    assert runs["entities-itc"]["status"] == "skipped" and "ECLS" in runs["entities-itc"]["reason"]
     for name in ("retrieval-gkmvlp", "grounding-gkmvlp", "entities-gkmvlp", "zero-shot-nih-itc"):
-        assert name in results["evaluations"], name
-    assert (
-        json.loads((out / "world" / "world.json").read_text())["cohorts"]["rsna"]["studies"] == 24
-    )
-    runs = results["finetune"]
-    # four task runs x three starting points x two fractions, the first with two seeds
-    assert len(runs) == 5 * 3 * 2
-    for name, run in runs.items():
-        headline = {"classification": "auroc", "localization": "map50",
-                    "generation": "bleu4", "vqa": "acc_overall"}[run["task"]]  # fmt: skip
-        assert headline in run, name
-    assert runs["vqa-slake-tune-random-0.5"]["init"] == "random"
-    report = (out / "report.md").read_text()
-    assert "GK-MVLP" in report and "ITC-only" in report and "random init" in report
+        assert runs[name]["status"] == "done", name
+    finetune = {name: e for name, e in runs.items() if e["run"]["kind"] == "finetune"}
+    # four task families x three starting points x two fractions, the first with two seeds
+    assert len(finetune) == 5 * 3 * 2
+    assert all(entry["status"] == "done" for entry in finetune.values())
+    assert finetune["vqa-slake-tune-random-0.5"]["results"]["init"] == "random"
     seeded = "classification-chexpert-probe-gkmvlp-1-seed1"
     assert json.loads((out / "finetune" / seeded / "finetune.json").read_text())["seed"] == 1
-    assert "±" in report.split("classification | chexpert")[1].split("**")[1]
+    data = (out / "data.yaml").read_text()
+    assert "boxes/slake.jsonl" in data and "boxes/iu-xray.jsonl" in data
+    report = (out / "report.md").read_text()
+    assert "GK-MVLP" in report and "ITC-only" in report and "random init" in report
+    assert "±" in report.split("**classification / chexpert / linear probe: AUROC**")[1]
     assert (out / "report.html").is_file() and (out / "roc_curves.png").is_file()
-    assert "Summary" in capsys.readouterr().out
+    assert "grounding_gk.png" in report
+    printed = capsys.readouterr().out
+    assert "Headline" in printed and f"report: {out / 'report.html'}" in printed
+    assert "next: cxrvlp generate" in printed
     # A second call finds every step done and only rewrites the report.
-    assert main(["demo", "--out", str(out), "--config", str(config)]) == 0
+    assert main(argv) == 0
     assert "done already" in capsys.readouterr().out
 
 
-def test_demo_without_finetuning_runs_marks_the_step_done(tmp_path):
-    demo = Demo(tmp_path / "demo", demo_config(None, ["finetune.runs=[]"]))
-    demo.finetune_all()
-    assert json.loads((tmp_path / "demo" / "finetune" / "done.json").read_text()) == {"runs": 0}
-
-
-def test_demo_pretraining_is_bounded_by_steps_unless_minutes_are_given(tmp_path, monkeypatch):
-    def pretrain_argv(overrides):
-        calls = []
-        demo = Demo(tmp_path, demo_config(None, overrides))
-        monkeypatch.setattr(demo, "_cli", calls.append)
-        demo.pretrain("gkmvlp", [])
-        return calls[0]  # the pretrain command; the export follows it
-
-    default = pretrain_argv(None)
-    assert "train.max_minutes=null" in default
-    assert default[default.index("--max-steps") + 1] == 300
-    assert "train.max_minutes=5.0" in pretrain_argv(["pretrain.max_minutes=5.0"])
+def test_quick_and_full_presets_and_overrides():
+    quick = demo_config()
+    assert quick.protocol == "quick" and list(quick.pretrain.models) == ["gkmvlp"]
+    full = demo_config("full")
+    assert full.world.studies == FULL["world"]["studies"] and "itc" in full.pretrain.models
+    changed = demo_config(None, None, ["pretrain.max_steps=7", "jobs=2"])
+    assert changed.pretrain.max_steps == 7 and changed.jobs == 2
+    assert QUICK["pretrain"]["max_minutes"] is None  # tables never depend on machine speed

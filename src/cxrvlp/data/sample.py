@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+# torch is imported only where a batch is stacked: text.parse imports ReportSections from
+# here, and parsing a report must not load torch.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Sample:
 
 def collate_samples(samples: list[Sample]) -> dict[str, Any]:
     """Stack a batch; samples that failed to load are left out and reported in ``skipped``."""
+    import torch
+
     good = [s for s in samples if not s.error]
     batch: dict[str, Any] = {
         "skipped": [(s.path, s.error) for s in samples if s.error],

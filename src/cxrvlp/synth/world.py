@@ -53,6 +53,17 @@ COHORTS: dict[str, CohortSpec] = {
     )
 }
 SPLITS = ("train", "validate", "test")
+# Where each cohort's exporter puts the data sets it writes: reader name -> folder of the world.
+DATA_FOLDERS = {
+    "mimic": {"mimic-cxr": "mimic-cxr-jpg"},
+    "rsna": {"rsna": "rsna"},
+    "nih": {"nih": "nih"},
+    "chexpert": {"chexpert": "chexpert"},
+    "iu_xray": {"iu-xray": "iu_xray"},
+    "vqa_rad": {"vqa-rad": "vqa_rad"},
+    "slake": {"slake": "slake"},
+}
+DATA_FILE = "data.yaml"
 
 
 @dataclass(frozen=True)
@@ -246,7 +257,18 @@ def generate_world(
         total_images=images,
     )
     (out / "world.json").write_text(json.dumps(asdict(summary), indent=2, sort_keys=True) + "\n")
+    write_world_data_file(out, cohorts)
     return summary, sample
+
+
+def write_world_data_file(out: Path, cohorts: tuple[str, ...]) -> Path:
+    """``data.yaml`` of the world (`cxrvlp benchmark --data`), paths relative to it."""
+    from cxrvlp.benchmark.protocol import DataSources, write_data_file
+
+    roots = {name: Path(folder) for c in cohorts for name, folder in DATA_FOLDERS[c].items()}
+    sources = DataSources(roots=roots, pretraining=Path(".") if "mimic" in cohorts else None)
+    comment = "Data file of a `cxrvlp synth` world: cxrvlp benchmark --data THIS_FILE ..."
+    return write_data_file(out / DATA_FILE, sources, comment)
 
 
 def run_timed(config: WorldConfig, **kwargs) -> tuple[WorldSummary, list[RenderedStudy], float]:

@@ -52,6 +52,9 @@ class ClassificationModel(nn.Module):
 
 class ClassificationTask:
     name: ClassVar[str] = "classification"
+    display_name: ClassVar[str] = "Classification"
+    headline_metric: ClassVar[tuple[str, str]] = ("auroc", "AUROC")  # results key, label
+    detail_metrics: ClassVar[tuple[str, ...]] = ("auroc", "f1", "accuracy")
     datasets: ClassVar[dict[str, DatasetSplits]] = {
         "rsna": DatasetSplits("rsna", "train", "test"),
         "nih": DatasetSplits("nih", "train", "test"),

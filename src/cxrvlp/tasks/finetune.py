@@ -94,6 +94,9 @@ class FinetuneTask(Protocol):
     fine-tuning run (not when a run is re-scored); the dict it returns goes into results.json."""
 
     name: ClassVar[str]
+    display_name: ClassVar[str]  # how reports and tables name the task
+    headline_metric: ClassVar[tuple[str, str]]  # (results.json key, label) a run is judged by
+    detail_metrics: ClassVar[tuple[str, ...]]  # further results.json keys of its detail table
     datasets: ClassVar[dict[str, DatasetSplits]]
     train_defaults: ClassVar[dict[str, Any]]  # TrainConfig fields
     uses_text: ClassVar[bool]  # needs the tokenizer (generation, VQA)

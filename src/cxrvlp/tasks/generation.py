@@ -229,6 +229,18 @@ def report_text(sample: Sample) -> str:
 
 class GenerationTask:
     name: ClassVar[str] = "generation"
+    display_name: ClassVar[str] = "Report generation"
+    headline_metric: ClassVar[tuple[str, str]] = ("bleu4", "BLEU-4")  # results key, label
+    detail_metrics: ClassVar[tuple[str, ...]] = (
+        "bleu1",
+        "bleu2",
+        "bleu3",
+        "bleu4",
+        "meteor",
+        "rouge_l",
+        "cider",
+        "ce_f1",
+    )
     # The MIMIC-CXR reader finds the reports itself: a sectioned CSV in or beside the root, or
     # the unzipped reports as the sibling folder mimic-cxr-reports (else a MissingFileError
     # says what to pass).

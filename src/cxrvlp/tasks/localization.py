@@ -178,6 +178,9 @@ def detection_target(boxes: torch.Tensor) -> dict[str, torch.Tensor]:
 
 class LocalizationTask:
     name: ClassVar[str] = "localization"
+    display_name: ClassVar[str] = "Localisation"
+    headline_metric: ClassVar[tuple[str, str]] = ("map50", "mAP@0.5")  # results key, label
+    detail_metrics: ClassVar[tuple[str, ...]] = ("map50", "map")
     datasets: ClassVar[dict[str, DatasetSplits]] = {
         "rsna": DatasetSplits("rsna", "train", "test"),
     }

@@ -315,6 +315,9 @@ class VQACollator:
 
 class VQATask:
     name: ClassVar[str] = "vqa"
+    display_name: ClassVar[str] = "VQA"
+    headline_metric: ClassVar[tuple[str, str]] = ("acc_overall", "accuracy")  # results key, label
+    detail_metrics: ClassVar[tuple[str, ...]] = ("acc_closed", "acc_open", "acc_overall")
     datasets: ClassVar[dict[str, DatasetSplits]] = {
         "vqa-rad": DatasetSplits("vqa-rad", "train", "test"),
         "slake": DatasetSplits("slake", "train", "test"),

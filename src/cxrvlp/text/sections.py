@@ -25,13 +25,15 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import pandas as pd
 from tqdm import tqdm
 
 from cxrvlp.data.errors import MissingFileError
 from cxrvlp.data.sample import ReportSections
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,8 @@ def write_sectioned_csv(
     path order. The gzip stream carries no time or file name, so the same reports give the
     same bytes. The file is written to a temporary name and renamed when complete.
     """
+    import pandas as pd  # here, not at the top: parsing one report needs no pandas
+
     paths = find_report_files(reports_root)
     stats = SectioningStats(n_reports=len(paths))
     if not paths:
