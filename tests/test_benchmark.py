@@ -3,15 +3,19 @@ runs' own figures, failures and skips reported without stopping the others."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from cxrvlp.benchmark.protocol import (
+    DataSources,
     ProtocolError,
     Run,
     data_sources,
     expand,
+    load_data_file,
     load_protocol,
+    write_data_file,
 )
 from cxrvlp.benchmark.report import Cell, compare, families, write_report
 from cxrvlp.cli import main
@@ -175,6 +179,23 @@ def test_protocol_mistakes_name_the_fix(document, message):
     with pytest.raises(ProtocolError, match=r"p\.yaml") as error:
         expand(document, ["gkmvlp"], "p.yaml")
     assert message in str(error.value)
+
+
+def test_a_written_data_file_reads_back_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "world" / "rsna").mkdir(parents=True)
+    sources = DataSources(
+        roots={"rsna": Path("out/world/rsna")},
+        boxes={"rsna": Path("out/boxes/rsna.jsonl")},
+        pretraining=Path("out/world"),
+    )
+    written = write_data_file(Path("out/data.yaml"), sources)
+    assert "root: world/rsna" in written.read_text()
+    monkeypatch.chdir(tmp_path / "out" / "world")
+    read = load_data_file(tmp_path / "out" / "data.yaml")
+    assert read.roots["rsna"].resolve() == tmp_path / "out" / "world" / "rsna"
+    assert read.boxes["rsna"].resolve() == tmp_path / "out" / "boxes" / "rsna.jsonl"
+    assert read.pretraining.resolve() == tmp_path / "out" / "world"
 
 
 def test_data_file_paths_are_relative_to_the_file_and_names_are_checked(tmp_path):

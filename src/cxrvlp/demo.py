@@ -28,7 +28,7 @@ from cxrvlp.benchmark.protocol import (
     load_protocol,
     write_data_file,
 )
-from cxrvlp.benchmark.report import MODEL_NAMES, write_report
+from cxrvlp.benchmark.report import MODEL_NAMES, summary_line, write_report
 from cxrvlp.benchmark.runner import Setup
 
 DESCRIPTION = """Run the whole pipeline on a synthetic world and write a report.
@@ -173,6 +173,7 @@ class Demo:
         )
         print()
         print(report.headline)
+        print(summary_line(document))
         print(f"\nreport: {self.out / 'report.html'} (whole demo {document['minutes']} min)")
         print(f"next: {self.next_command(document)}")
         return document

@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(setup, protocol, plan(setup, protocol), args.jobs)
     from cxrvlp.benchmark import run_benchmark
-    from cxrvlp.benchmark.report import write_report
+    from cxrvlp.benchmark.report import summary_line, write_report
 
     document, _ = run_benchmark(setup, protocol, jobs=args.jobs, progress=not args.quiet)
     report = write_report(setup.out, document)
@@ -140,20 +140,6 @@ def _run(args: argparse.Namespace) -> int:
     print(summary_line(document))
     print(f"report: {setup.out / 'report.html'}")
     return 0
-
-
-def summary_line(document: dict) -> str:
-    counts = document["counts"]
-    failed = [name for name, e in document["runs"].items() if e["status"] == "failed"]
-    line = (
-        f"benchmark {document['protocol']['name']}: {counts['done']} runs done, "
-        f"{counts['failed']} failed, {counts['skipped']} skipped"
-    )
-    if "minutes" in document:
-        line += f", {document['minutes']} min"
-    if failed:
-        line += f"; failed: {', '.join(failed)} (see the report or RUN/error.json)"
-    return line
 
 
 def dry_run(setup, protocol, work, jobs: int) -> int:

@@ -27,6 +27,7 @@ Protocol (shipped ones: ``cxrvlp benchmark --list-protocols``)::
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,19 @@ def data_sources(document: dict[str, Any], base: Path, source: str = "<data>") -
 
 
 def write_data_file(path: Path, sources: DataSources, comment: str = "") -> Path:
-    """Write ``sources`` as a data file (absolute paths as given, relative ones kept)."""
-    text = OmegaConf.to_yaml(OmegaConf.create(sources.to_dict()))
+    """Write ``sources`` as a data file whose paths are relative to its own folder, so that it
+    reads back the same from any working directory and moves with the folder it sits in."""
+    base = Path(path).parent.resolve()
+
+    def relative(target: Path) -> Path:
+        return Path(os.path.relpath(Path(target).resolve(), base))
+
+    portable = DataSources(
+        roots={name: relative(root) for name, root in sources.roots.items()},
+        boxes={name: relative(boxes) for name, boxes in sources.boxes.items()},
+        pretraining=None if sources.pretraining is None else relative(sources.pretraining),
+    )
+    text = OmegaConf.to_yaml(OmegaConf.create(portable.to_dict()))
     header = "".join(f"# {line}\n" for line in comment.splitlines())
     path.write_text(header + text)
     return path

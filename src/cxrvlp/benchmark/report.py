@@ -393,6 +393,21 @@ def generated_examples(document: dict[str, Any], limit: int = 6) -> tuple[str, l
     return ("", []) if best is None else (best[1], best[2])
 
 
+def summary_line(document: dict[str, Any]) -> str:
+    """One line: how many runs were done, failed and skipped, and which failed."""
+    counts = document["counts"]
+    failed = [name for name, e in document["runs"].items() if e["status"] == "failed"]
+    line = (
+        f"benchmark {document['protocol']['name']}: {counts['done']} runs done, "
+        f"{counts['failed']} failed, {counts['skipped']} skipped"
+    )
+    if "minutes" in document:
+        line += f", {document['minutes']} min"
+    if failed:
+        line += f"; failed: {', '.join(failed)} (see the report or RUN/error.json)"
+    return line
+
+
 # ---- the documents ------------------------------------------------------------------------
 @dataclass
 class Report:

@@ -265,8 +265,8 @@ def write_world_data_file(out: Path, cohorts: tuple[str, ...]) -> Path:
     """``data.yaml`` of the world (`cxrvlp benchmark --data`), paths relative to it."""
     from cxrvlp.benchmark.protocol import DataSources, write_data_file
 
-    roots = {name: Path(folder) for c in cohorts for name, folder in DATA_FOLDERS[c].items()}
-    sources = DataSources(roots=roots, pretraining=Path(".") if "mimic" in cohorts else None)
+    roots = {name: out / folder for c in cohorts for name, folder in DATA_FOLDERS[c].items()}
+    sources = DataSources(roots=roots, pretraining=out if "mimic" in cohorts else None)
     comment = "Data file of a `cxrvlp synth` world: cxrvlp benchmark --data THIS_FILE ..."
     return write_data_file(out / DATA_FILE, sources, comment)
 
