@@ -298,6 +298,8 @@ def plot_fractions(document: dict[str, Any], found: list[Family], out: Path) -> 
                 label=model_name(model),
             )
         axis.set_xscale("log")
+        axis.set_xticks([f * 100 for f in family.fractions], [f"{f:.0%}" for f in family.fractions])
+        axis.minorticks_off()
         axis.set_xlabel("labels used (%)", fontsize=7)
         axis.set_ylabel(label, fontsize=7)
         axis.set_title(family.key, fontsize=8)
