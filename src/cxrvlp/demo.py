@@ -223,13 +223,12 @@ class Demo:
         return self.out / "boxes" / f"{dataset}.jsonl"
 
     def annotate(self, dataset: str) -> None:
-        from cxrvlp.benchmark.protocol import load_data_file as world_data
         from cxrvlp.data.readers import reader_class
         from cxrvlp.detector.evaluate import annotate_dataset
         from cxrvlp.detector.export import load_detector
         from cxrvlp.detector.train import detector_transform
 
-        root = world_data(self.world / "data.yaml").root_of(dataset)
+        root = load_data_file(self.world / "data.yaml").root_of(dataset)
         model = load_detector(self.detector)
         reader = reader_class(dataset)(
             root, split=None, transform=detector_transform(model.config.image_size, augment=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -79,19 +80,15 @@ def random_architecture(bundles: dict[str, Path], chosen: str | None) -> str:
     """Random-init runs use the architecture of the first bundle, so they compare like with
     like, unless one is named."""
     from cxrvlp.benchmark.runner import DEFAULT_RANDOM_MODEL
+    from cxrvlp.export import EXPORT_FILE
 
     if chosen:
         return chosen
     for bundle in bundles.values():
-        from cxrvlp.export import EXPORT_FILE
-
         info = bundle / EXPORT_FILE
-        if info.is_file():
-            import json
-
-            name = json.loads(info.read_text()).get("model_name")
-            if name:
-                return name
+        name = json.loads(info.read_text()).get("model_name") if info.is_file() else None
+        if name:
+            return name
     return DEFAULT_RANDOM_MODEL
 
 

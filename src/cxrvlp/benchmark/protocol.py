@@ -81,11 +81,11 @@ class DataSources:
         return self.pretraining if dataset == PRETRAINING_DATA else self.roots.get(dataset)
 
     def to_dict(self) -> dict[str, Any]:
-        datasets = {
-            name: {"root": str(root), **({"boxes": str(self.boxes[name])} if name in self.boxes
-                                         else {})}
-            for name, root in self.roots.items()
-        }  # fmt: skip
+        datasets: dict[str, dict[str, str]] = {}
+        for name, root in self.roots.items():
+            datasets[name] = {"root": str(root)}
+            if name in self.boxes:
+                datasets[name]["boxes"] = str(self.boxes[name])
         document: dict[str, Any] = {"datasets": datasets}
         if self.pretraining is not None:
             document[PRETRAINING_DATA] = str(self.pretraining)
@@ -191,7 +191,7 @@ class Run:
         return setup + per_step * (self.steps or 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}
+        return {"name": self.name, "folder": self.folder, **asdict(self)}
 
 
 @dataclass(frozen=True)

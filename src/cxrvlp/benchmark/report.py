@@ -348,11 +348,6 @@ def plot_roc_curves(document: dict[str, Any], found: list[Family], out: Path) ->
     return path
 
 
-def _run_folder(out: Path, entry: dict[str, Any]) -> Path:
-    run = entry["run"]
-    return out / ("evaluate" if run["kind"] == "evaluate" else "finetune") / run["name"]
-
-
 def pictures(document: dict[str, Any], found: list[Family], out: Path) -> list[tuple[str, Path]]:
     models = [m for m in model_order(document) if m != RANDOM_INIT]
     shown: list[tuple[str, Path]] = []
@@ -367,7 +362,7 @@ def pictures(document: dict[str, Any], found: list[Family], out: Path) -> list[t
         run = entry["run"]
         if entry["status"] != "done" or not models or run["model"] != models[0]:
             continue
-        folder = _run_folder(out, entry)
+        folder = out / run["folder"] / run["name"]
         if run["task"] == "localization" and run["seed"] == 0:
             candidates = [("detections.png", "Detections (green truth, red predicted)")]
         elif run["task"] == "grounding":

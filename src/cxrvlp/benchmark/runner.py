@@ -188,9 +188,8 @@ def run_all(
     the others run (``jobs`` at a time) under one progress bar with an ETA."""
     work = plan(setup, protocol)
     outcomes = {o.run.name: o for o in work.finished + work.skipped}
-    total = sum(run.estimated_seconds() for run in work.to_run)
     bar = tqdm(
-        total=round(total),
+        total=round(work.estimated_seconds()),
         disable=not progress or not work.to_run,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
     )
