@@ -10,6 +10,7 @@ from cxrvlp.losses import (
     contrastive_loss_terms,
     ecls_loss_terms,
     lm_loss_terms,
+    region_alignment_loss_terms,
     sample_hard_negatives,
 )
 
@@ -121,3 +122,27 @@ def test_ecls_with_no_negative_costs_nothing():
     )
     assert count.item() == 2
     assert total.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_region_alignment_is_minus_log_the_softmax_mass_on_the_named_regions():
+    logits = torch.tensor([[[2.0, 0.0, 1.0, -1.0], [0.5, 0.5, 3.0, 0.0]]])
+    named = torch.tensor([[[True, False, True, False], [False, False, False, False]]])
+    region_valid = torch.tensor([[True, True, True, False]])  # region 3 has no box
+    total, count = region_alignment_loss_terms(logits, named, region_valid)
+    # Query 0 names regions 0 and 2 of regions 0-2; query 1 names none and costs nothing.
+    exps = [math.exp(v) for v in (2.0, 0.0, 1.0)]
+    expected = -math.log((exps[0] + exps[2]) / sum(exps))
+    assert count.item() == 1
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_region_alignment_ignores_a_named_region_without_a_box_and_has_finite_gradients():
+    logits = torch.tensor([[[1.0, 2.0, 0.0]], [[0.0, 0.0, 0.0]]], requires_grad=True)
+    named = torch.tensor([[[False, False, True]], [[True, False, False]]])
+    region_valid = torch.tensor([[True, True, False], [True, True, True]])
+    total, count = region_alignment_loss_terms(logits, named, region_valid)
+    assert count.item() == 1  # image 0 names only its missing region
+    assert total.item() == pytest.approx(math.log(3.0), rel=1e-5)
+    total.backward()
+    assert torch.isfinite(logits.grad).all()
+    assert (logits.grad[0] == 0).all()

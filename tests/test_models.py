@@ -10,7 +10,9 @@ from timm.models.vision_transformer import VisionTransformer
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.models import create_model, list_models, model_config
 from cxrvlp.models.vision import GlobalBatchNorm2d, ImageEncoder
-from cxrvlp.recipes.batch import attach_prompts, entity_names
+from cxrvlp.recipes.batch import PretrainCollator, attach_prompts, entity_names
+from cxrvlp.text.parse import parse_report
+from cxrvlp.text.prompts import prompts_from_triplets
 from cxrvlp.text.tokenizer import load_tokenizer
 
 MICRO = {
@@ -45,14 +47,22 @@ def _model(tokenizer, **extra):
     return model
 
 
-def _batch(tokenizer, size=4, image_size=64):
+TEXTS = [
+    "Small left pleural effusion.",
+    "No acute cardiopulmonary process.",
+    "Moderate cardiomegaly. No pneumothorax.",
+    "Right upper lobe nodule.",
+]
+
+
+def _report_prompts(tokenizer, texts):
+    prompts = [prompts_from_triplets(parse_report(text).triplets) for text in texts]
+    return PretrainCollator(tokenizer, 64, report_prompts=12).prompt_tensors(prompts)
+
+
+def _batch(tokenizer, size=4, image_size=64, prompt_texts=None):
     generator = torch.Generator().manual_seed(0)
-    texts = [
-        "Small left pleural effusion.",
-        "No acute cardiopulmonary process.",
-        "Moderate cardiomegaly. No pneumothorax.",
-        "Right upper lobe nodule.",
-    ][:size]
+    texts = TEXTS[:size]
     encoded = tokenizer(texts, padding="longest", return_tensors="pt")
     boxes = torch.tensor([[8.0, 8.0, 30.0, 56.0]]).repeat(len(CHEST_IMAGENOME_REGIONS), 1)
     boxes[1] = torch.tensor([34.0, 8.0, 56.0, 56.0])
@@ -70,6 +80,7 @@ def _batch(tokenizer, size=4, image_size=64):
         "study_key": torch.arange(size),
         "report_key": torch.arange(size),
         "step": 0,
+        **_report_prompts(tokenizer, prompt_texts or texts),
     }
 
 
@@ -87,7 +98,7 @@ def test_registry_lists_the_three_sizes_and_rejects_unknown_names_and_keys():
 def test_forward_gives_every_loss_and_gradients_reach_every_trained_part(tokenizer):
     model = _model(tokenizer)
     output = model(_batch(tokenizer))
-    assert set(output.losses) == {"itc", "itm", "lm", "ecls"}
+    assert set(output.losses) == {"itc", "itm", "lm", "ecls", "grounding"}
     assert all(torch.isfinite(value) for value in output.losses.values())
     output.loss.backward()
     for part in ("image_encoder", "text_encoder", "image_report_encoder", "decoder", "gk"):
@@ -201,3 +212,74 @@ def test_separate_knowledge_encoder(tokenizer):
     assert shared.knowledge_encoder is shared.text_encoder
     assert separate.knowledge_encoder is not separate.text_encoder
     assert not any(key.startswith("own_knowledge_encoder") for key in shared.state_dict())
+
+
+def test_report_prompts_are_padded_per_report_with_present_ones_first(tokenizer):
+    tensors = _report_prompts(tokenizer, TEXTS)
+    valid, present = tensors["prompt_valid"], tensors["prompt_present"]
+    # Report 1 states no finding the parser knows; report 2 states cardiomegaly present and
+    # pneumothorax absent, present first.
+    assert valid.sum(dim=1).tolist()[1] == 0
+    assert valid[2].sum() == 2 and present[2].tolist()[:2] == [True, False]
+    region = {name: index for index, name in enumerate(CHEST_IMAGENOME_REGIONS)}
+    assert tensors["prompt_regions"][0, 0, region["left costophrenic angle"]]
+    assert not tensors["prompt_regions"][0, 0, region["right costophrenic angle"]]
+    effusion = entity_names().index("pleural effusion")
+    assert tensors["entity_regions"][0, effusion, region["left costophrenic angle"]]
+    assert tensors["entity_regions"].sum() == tensors["prompt_regions"][present].sum()
+    # Each prompt points at its sentence as the report states it (side, no location: the
+    # region is the typical one on that side) and at its bare form, without the side.
+    sentences = tokenizer.batch_decode(tensors["prompt_ids"], skip_special_tokens=True)
+    stated, bare = (sentences[row] for row in tensors["prompt_text"][0, 0].tolist())
+    assert stated.replace(" :", ":") == "small left pleural effusion: present"
+    assert bare.replace(" :", ":") == "small pleural effusion: present"
+
+
+def test_report_prompts_reach_only_the_grounding_term(tokenizer):
+    """The leakage rule: ITC, ITM, LM and ECLS are bit-identical whether the batch carries
+    its own reports' prompts or other reports' prompts; the grounding term is not."""
+    model = _model(tokenizer)
+    paired = model(_batch(tokenizer))
+    shuffled = model(_batch(tokenizer, prompt_texts=TEXTS[::-1]))
+    for name in ("itc", "itm", "lm", "ecls"):
+        assert torch.equal(paired.losses[name], shuffled.losses[name]), name
+    assert not torch.isclose(paired.losses["grounding"], shuffled.losses["grounding"])
+
+
+def test_grounding_weight_zero_gives_the_knowledge_base_model_exactly(tokenizer):
+    report = _model(tokenizer, losses={"grounding": 0.0})
+    today = _model(tokenizer, gk={"prompts": "knowledge_base"}, losses={"grounding": 0.0})
+    batch = _batch(tokenizer)
+    assert "grounding" not in report(batch).losses
+    assert torch.equal(report(batch).loss, today(batch).loss)
+
+
+def test_grounding_term_trains_the_prompt_attention_onto_the_named_region(tokenizer):
+    model = _model(tokenizer, losses={"itc": 0.0, "itm": 0.0, "lm": 0.0, "ecls": 0.0})
+    batch = _batch(tokenizer)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for step in range(25):
+        batch["step"] = step
+        loss = model(batch).losses["grounding"]
+        first = loss.item() if first is None else first
+        optimiser.zero_grad()
+        model(batch).loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5 * first
+    shuffled = model(_batch(tokenizer, prompt_texts=TEXTS[::-1])).losses["grounding"]
+    assert shuffled.item() > loss.item()
+
+
+def test_ecls_on_v_cls_scores_the_global_vector(tokenizer):
+    model = _model(tokenizer, losses={"ecls_on": "v_cls"}).eval()
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        features = model.encode_image(batch["image"], batch["boxes"])
+        entities, _ = model.prompt_embeddings()
+        scores = model.entity_scores(features, entities)
+        features.grounding = None  # the same scores as a model without the GK module
+        assert torch.equal(scores, model.entity_scores(features, entities))
+    with pytest.raises(ValueError, match=r"losses\.ecls_on"):
+        _model(tokenizer, losses={"ecls_on": "cls"})
+    assert "grounding" not in _model(tokenizer, gk={"enabled": False})(batch).losses

@@ -24,6 +24,11 @@ class FakeTriplet:
     laterality: str | None = None
 
 
+@dataclass(frozen=True)
+class StatedTriplet(FakeTriplet):
+    position_stated: bool = True
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
@@ -101,23 +106,26 @@ REPORT_TRIPLETS = [
 ]
 
 
-def test_prompts_from_triplets_dedupes_in_report_order():
+def test_one_prompt_per_finding_names_all_its_regions_in_report_order():
     prompts = prompts_from_triplets(REPORT_TRIPLETS)
     assert [p.text for p in prompts] == [
-        "small left pleural effusion in the left costophrenic angle: present",
-        "small left pleural effusion in the left lower lung zone: present",
-        "pneumothorax in the right lung: absent",
-        "pneumothorax in the left lung: absent",
+        "small left pleural effusion in the left costophrenic angle and left lower lung zone: "
+        "present",
+        "pneumothorax in the right lung and left lung: absent",
     ]
     assert prompts[0] == KnowledgePrompt(
         entity="pleural effusion",
-        position="left costophrenic angle",
+        position="left costophrenic angle and left lower lung zone",
         exist="present",
-        text="small left pleural effusion in the left costophrenic angle: present",
+        text="small left pleural effusion in the left costophrenic angle and left lower lung "
+        "zone: present",
+        regions=("left costophrenic angle", "left lower lung zone"),
+        position_stated=True,
+        bare_text="small pleural effusion: present",
     )
 
 
-def test_prompts_without_position_collapse_regions():
+def test_prompts_without_position_keep_the_regions_as_targets():
     prompts = prompts_from_triplets(REPORT_TRIPLETS, with_position=False)
     assert [p.text for p in prompts] == [
         "small left pleural effusion: present",
@@ -125,6 +133,38 @@ def test_prompts_without_position_collapse_regions():
     ]
     assert all(p.position is None for p in prompts)
     assert [p.exist for p in prompts] == ["present", "absent"]
+    assert prompts[1].regions == ("right lung", "left lung")
+
+
+def test_a_typical_region_is_a_target_but_not_written_into_the_sentence():
+    prompts = prompts_from_triplets(
+        [
+            StatedTriplet("cardiomegaly", "cardiac silhouette", "present", position_stated=False),
+            StatedTriplet("pneumothorax", "right apical zone", "present", "small", "right"),
+        ]
+    )
+    assert [p.text for p in prompts] == [
+        "cardiomegaly: present",
+        "small right pneumothorax in the right apical zone: present",
+    ]
+    assert [p.position_stated for p in prompts] == [False, True]
+    assert prompts[0].regions == ("cardiac silhouette",)
+    assert prompts[0].position is None
+
+
+def test_parser_marks_stated_and_typical_positions():
+    from cxrvlp.text.parse import parse_report
+
+    triplets = parse_report(
+        "FINDINGS: Small left apical pneumothorax. The heart is enlarged."
+    ).triplets
+    stated = {(t.finding, t.region): t.position_stated for t in triplets}
+    assert stated[("pneumothorax", "left apical zone")] is True
+    assert stated[("cardiomegaly", "cardiac silhouette")] is False
+    prompts = {p.entity: p for p in prompts_from_triplets(triplets)}
+    pneumothorax = "small left pneumothorax in the left apical zone: present"
+    assert prompts["pneumothorax"].text == pneumothorax
+    assert prompts["cardiomegaly"].text == "cardiomegaly: present"
 
 
 def test_conflicting_existence_keeps_both_prompts():

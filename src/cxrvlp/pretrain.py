@@ -112,7 +112,7 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pre-train as ``config`` says into ``run_dir``; returns the run summary."""
     from cxrvlp.data.pretraining import pretraining_dataset
-    from cxrvlp.recipes.batch import PretrainCollator, attach_prompts
+    from cxrvlp.recipes.batch import PretrainCollator, attach_prompts, report_prompt_limit
 
     train_config = TrainConfig(**OmegaConf.to_container(config.train))
     if train_config.threads:
@@ -144,7 +144,9 @@ def pretrain(
     trainer = Trainer(
         model,
         dataset,
-        PretrainCollator(tokenizer, int(config.model.text.max_length)),
+        PretrainCollator(
+            tokenizer, int(config.model.text.max_length), report_prompt_limit(config.model)
+        ),
         run_dir,
         train_config,
         first_batch_check=lambda batch: range_check(batch["image"]) if "image" in batch else None,

@@ -23,6 +23,7 @@ from cxrvlp.data.errors import DataError, MissingFileError
 from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset, finding_regions_of
 from cxrvlp.data.readers.mimic import MIMICCXRDataset
 from cxrvlp.text.parse import parse_report
+from cxrvlp.text.prompts import prompts_from_triplets
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ def pretraining_dataset(
     cache: Any = None,
 ) -> MIMICCXRDataset:
     """MIMIC-CXR pairs of one official split (``train``, ``validate``, ``test``) with boxes
-    (``"imagenome"``, a detector JSONL path, or None) and ``extra["entities"]``: entity name ->
-    existence of the report (the parser's), the source of the ECLS targets. With Chest
+    (``"imagenome"``, a detector JSONL path, or None), ``extra["entities"]``: entity name ->
+    existence of the report (the parser's), the source of the ECLS targets, and
+    ``extra["prompts"]``: the report's knowledge prompts (``prompts_from_triplets``). With Chest
     ImaGenome boxes, ``extra["finding_regions"]`` holds finding -> regions of its scene graph."""
     root = Path(root)
     mimic_root = root / MIMIC_FOLDER
@@ -56,19 +58,23 @@ def pretraining_dataset(
     if not dataset.records:
         raise DataError(f"{mimic_root} holds no image of split {split!r} with a report")
     region_boxes, finding_regions = _region_boxes(root, boxes)
-    parsed: dict[str, dict[str, str]] = {}
+    parsed: dict[str, dict[str, Any]] = {}
     missing_boxes = 0
     for record in tqdm(dataset.records, desc=f"reports ({split})", unit="image", disable=None):
         key = record.study_id
         if key not in parsed:
-            parsed[key] = parse_report(record.report).findings() if record.report else {}
+            report = parse_report(record.report) if record.report else None
+            parsed[key] = {
+                "entities": report.findings() if report else {},
+                "prompts": prompts_from_triplets(report.triplets) if report else [],
+            }
         found = region_boxes.get(record.image_id)
         if found is None:
             missing_boxes += 1
             found = np.full((len(CHEST_IMAGENOME_REGIONS), 4), np.nan, np.float32)
         record.boxes = found
         record.box_labels = CHEST_IMAGENOME_REGIONS
-        record.extra = {**record.extra, "entities": parsed[key]}
+        record.extra = {**record.extra, **parsed[key]}
         if finding_regions is not None:
             record.extra["finding_regions"] = finding_regions.get(record.image_id, {})
     dataset.n_missing_boxes = missing_boxes

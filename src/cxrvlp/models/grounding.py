@@ -74,8 +74,9 @@ class GroundedKnowledge(nn.Module):
 
     def region_keys(
         self, patch_grid: torch.Tensor, boxes: torch.Tensor, positions: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, R, width) region keys and the (B, R) padding mask of regions without a box."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, R, width) region features (RoIAlign, projected), the keys (features plus the
+        position-prompt embeddings) and the (B, R) padding mask of regions without a box."""
         batch = patch_grid.shape[0]
         missing = ~torch.isfinite(boxes).all(dim=-1)
         whole_image = boxes.new_tensor([0.0, 0.0, self.image_size, self.image_size])
@@ -90,10 +91,28 @@ class GroundedKnowledge(nn.Module):
             sampling_ratio=2,
             aligned=True,
         )
-        keys = self.region_proj(pooled.reshape(batch, boxes.shape[1], -1))
+        features = self.region_proj(pooled.reshape(batch, boxes.shape[1], -1))
+        keys = features
         if self.position_proj is not None and positions is not None:
-            keys = keys + self.position_proj(positions)[None]
-        return keys, missing
+            keys = features + self.position_proj(positions)[None]
+        return features, keys, missing
+
+    def attend(
+        self,
+        query_embeddings: torch.Tensor,
+        keys: torch.Tensor,
+        padding: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries ((Q, text width) shared by the batch, or (B, Q, text width) per image)
+        through the fusion layers over ``keys``: z_local (B, Q, width) and the last layer's
+        attention (B, Q, K)."""
+        queries = self.entity_proj(query_embeddings)
+        if queries.dim() == 2:
+            queries = queries[None].expand(keys.shape[0], -1, -1)
+        attention = None
+        for layer in self.region_layers:
+            queries, attention = layer(queries, keys, padding)
+        return queries, attention
 
     def forward(
         self,
@@ -105,26 +124,25 @@ class GroundedKnowledge(nn.Module):
         """``patch_grid`` (B, D, G, G); ``entity_embeddings`` (E, text width); ``boxes``
         (B, R, 4) in input pixels (NaN rows: region not found); ``position_embeddings``
         (R, text width), the position prompts of the same R regions."""
-        batch = patch_grid.shape[0]
         patches = patch_grid.flatten(2).transpose(1, 2)
+        features = None
         if self.region_features:
             if boxes is None:
                 raise ValueError(
                     "the GK module needs region boxes (Chest ImaGenome or the detector's "
                     "annotate output); set gk.region_features=false to attend to patches"
                 )
-            keys, padding = self.region_keys(patch_grid, boxes, position_embeddings)
+            features, keys, padding = self.region_keys(patch_grid, boxes, position_embeddings)
         else:
             keys, padding = patches, None
-        queries = self.entity_proj(entity_embeddings)[None].expand(batch, -1, -1)
-        attention = None
-        for layer in self.region_layers:
-            queries, attention = layer(queries, keys, padding)
-        z_local = queries
+        z_local, attention = self.attend(entity_embeddings, keys, padding)
         z_fused, _ = self.patch_layer(z_local, patches)
         return GroundingOutput(
             z_local=z_local,
             z_fused=z_fused,
             attention=attention,
             attends_to="regions" if self.region_features else "patches",
+            keys=keys,
+            key_padding=padding,
+            region_features=features,
         )

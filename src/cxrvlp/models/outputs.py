@@ -20,6 +20,9 @@ class GroundingOutput:
     z_fused: torch.Tensor  # (B, E, D)
     attention: torch.Tensor  # (B, E, K)
     attends_to: str
+    keys: torch.Tensor | None = None  # (B, K, D) what the queries attended to
+    key_padding: torch.Tensor | None = None  # (B, K) bool: keys without a box
+    region_features: torch.Tensor | None = None  # (B, R, D) RoI features, without positions
 
 
 @dataclass

@@ -51,14 +51,37 @@ def entity_names() -> list[str]:
     return list(load_knowledge_base().names)
 
 
-class PretrainCollator:
-    """Samples of :func:`cxrvlp.data.pretraining.pretraining_dataset` -> a GK-MVLP batch."""
+def report_prompt_limit(model_config: Any) -> int:
+    """Report prompts kept per sample: ``gk.max_report_prompts`` when the grounding term reads
+    them (``losses.grounding`` > 0), else 0: no prompts are built, as no loss would see them."""
+    gk = model_config.get("gk")
+    if not gk or not gk.get("enabled", False) or not gk.get("region_features", True):
+        return 0
+    if float(model_config.get("losses", {}).get("grounding", 0.0)) <= 0:
+        return 0
+    return int(gk.get("max_report_prompts", 12))
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+
+class PretrainCollator:
+    """Samples of :func:`cxrvlp.data.pretraining.pretraining_dataset` -> a GK-MVLP batch.
+
+    With ``report_prompts`` > 0 the batch also carries each report's knowledge prompts (present
+    ones first, at most ``report_prompts``): ``prompt_ids`` / ``prompt_mask`` (U, L) the batch's
+    distinct prompt sentences; ``prompt_text`` (B, P, 2) the row of each prompt's sentence with
+    its position and of its bare form; ``prompt_valid`` (B, P); ``prompt_present`` (B, P);
+    ``prompt_regions`` (B, P, 29) where the prompt's finding is; ``entity_regions`` (B, E, 29)
+    the regions of each entity the report states present.
+    """
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int, report_prompts: int = 0
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.report_prompts = report_prompts
         self.entities = entity_names()
         self.entity_index = {name: index for index, name in enumerate(self.entities)}
+        self.region_index = {name: index for index, name in enumerate(CHEST_IMAGENOME_REGIONS)}
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         batch = collate_samples(samples)
@@ -98,4 +121,42 @@ class PretrainCollator:
         batch["report_key"] = torch.tensor(
             [stable_key(" ".join(report.lower().split())) for report in reports], dtype=torch.long
         )
+        if self.report_prompts > 0:
+            batch |= self.prompt_tensors([sample.extra.get("prompts", []) for sample in good])
         return batch
+
+    def prompt_tensors(self, prompts_per_sample: list[list[Any]]) -> dict[str, torch.Tensor]:
+        """The report prompts of a batch as tensors (see the class docstring)."""
+        kept = [
+            sorted(prompts, key=lambda p: p.exist != PRESENT)[: self.report_prompts]
+            for prompts in prompts_per_sample
+        ]
+        width = max(1, max(len(prompts) for prompts in kept))
+        rows, regions = len(kept), len(CHEST_IMAGENOME_REGIONS)
+        sentences: dict[str, int] = {}
+        text = torch.zeros(rows, width, 2, dtype=torch.long)
+        valid = torch.zeros(rows, width, dtype=torch.bool)
+        present = torch.zeros(rows, width, dtype=torch.bool)
+        prompt_regions = torch.zeros(rows, width, regions, dtype=torch.bool)
+        entity_regions = torch.zeros(rows, len(self.entities), regions, dtype=torch.bool)
+        for row, prompts in enumerate(kept):
+            for column, prompt in enumerate(prompts):
+                for form, sentence in enumerate((prompt.text, prompt.bare_text or prompt.text)):
+                    text[row, column, form] = sentences.setdefault(sentence, len(sentences))
+                valid[row, column] = True
+                present[row, column] = prompt.exist == PRESENT
+                where = [self.region_index[r] for r in prompt.regions if r in self.region_index]
+                prompt_regions[row, column, where] = True
+                entity = self.entity_index.get(prompt.entity)
+                if prompt.exist == PRESENT and entity is not None:
+                    entity_regions[row, entity, where] = True
+        ids, mask = tokenize(self.tokenizer, list(sentences) or [""], self.max_length)
+        return {
+            "prompt_ids": ids,
+            "prompt_mask": mask,
+            "prompt_text": text,
+            "prompt_valid": valid,
+            "prompt_present": present,
+            "prompt_regions": prompt_regions,
+            "entity_regions": entity_regions,
+        }

@@ -7,7 +7,18 @@ Batch contract (``GKMVLP.forward``; built by :class:`cxrvlp.recipes.batch.Pretra
 ``input_ids`` / ``attention_mask`` (B, L) report tokens, [CLS] first; ``entity_targets``
 (B, E) 1 present / 0 absent and ``entity_valid`` (B, E) bool, in knowledge-base entity order;
 ``study_key`` and ``report_key`` (B,) int64 (equal keys: same study / same report text);
-``step`` the optimiser step (seeds the ITM negative draw).
+``step`` the optimiser step (seeds the ITM negative draw and the prompts' position dropout);
+with ``gk.prompts: report``, the report's knowledge prompts (``prompt_*``, ``entity_regions``;
+see :class:`cxrvlp.recipes.batch.PretrainCollator`).
+
+Where the report's prompts go. The tokens ITM and LM attend to (image tokens + z_fused) come
+from the report-independent knowledge-base queries only: were z_fused grounded from the
+report's own prompts, ITM could match a report by reading its prompts back from the image
+side, and LM could copy them. The report's prompts are grounded on the same region keys by the
+same fusion layers, and reach the loss only through the grounding term, which teaches their
+attention and z_local to sit on the region each names (and the knowledge-base query of each
+present finding to sit there too). ECLS scores the knowledge-base queries' z_local (or v_cls,
+``losses.ecls_on``), never a report prompt: a prompt says its finding's existence.
 """
 
 from __future__ import annotations
@@ -26,16 +37,20 @@ from cxrvlp.losses import (
     contrastive_loss_terms,
     ecls_loss_terms,
     lm_loss_terms,
+    region_alignment_loss_terms,
     sample_hard_negatives,
 )
 from cxrvlp.models.grounding import GroundedKnowledge
-from cxrvlp.models.outputs import ImageFeatures, PretrainOutput
+from cxrvlp.models.outputs import GroundingOutput, ImageFeatures, PretrainOutput
 from cxrvlp.models.text import ImageReportEncoder, ReportDecoder, TextEncoder
 from cxrvlp.models.vision import ImageEncoder
 
-LOSS_NAMES = ("itc", "itm", "lm", "ecls")
+LOSS_NAMES = ("itc", "itm", "lm", "ecls", "grounding")
+PROMPT_SOURCES = ("knowledge_base", "report")
+ECLS_SIDES = ("z_local", "v_cls")
 _MAX_LOGIT_SCALE = 100.0
 _ITM_SEED_STRIDE = 1_000_003
+_POSITION_DROPOUT_SALT = 7_919
 
 
 class GKMVLP(nn.Module):
@@ -47,8 +62,17 @@ class GKMVLP(nn.Module):
         cfg = self.config
         vocab_size = int(vocab_size or cfg.text.vocab_size)
         self.vocab_size = vocab_size
-        self.loss_weights = {name: float(cfg.losses[name]) for name in LOSS_NAMES}
+        self.loss_weights = {name: float(cfg.losses.get(name, 0.0)) for name in LOSS_NAMES}
         self.seed = 0
+        self.prompt_source = str(cfg.gk.get("prompts", "knowledge_base"))
+        self.position_dropout = float(cfg.gk.get("position_dropout", 0.0))
+        self.ecls_on = str(cfg.losses.get("ecls_on", "z_local"))
+        _check_choice("gk.prompts", self.prompt_source, PROMPT_SOURCES)
+        _check_choice("losses.ecls_on", self.ecls_on, ECLS_SIDES)
+        if not (cfg.gk.enabled and cfg.gk.region_features):
+            # The term grounds the GK module's attention on regions: the ablations without
+            # the module or without region features have nothing it could train.
+            self.loss_weights["grounding"] = 0.0
 
         self.image_encoder = ImageEncoder(cfg.image)
         self.text_encoder = TextEncoder(cfg.text, vocab_size)
@@ -197,11 +221,12 @@ class GKMVLP(nn.Module):
         )
 
     def entity_scores(self, features: ImageFeatures, entities: torch.Tensor) -> torch.Tensor:
-        """ECLS scores (B, E): grounded entity vectors (or the image embedding without the GK
-        module) against the entity-prompt embeddings."""
+        """ECLS scores (B, E): grounded entity vectors z_local (``losses.ecls_on: z_local``)
+        or the image's global vector v_cls (``v_cls``, as the paper states ECLS; also without
+        the GK module) against the entity-prompt embeddings."""
         if self.ecls_image_proj is None:
             raise RuntimeError("this model was built without ECLS (losses.ecls=0)")
-        if features.grounding is not None:
+        if features.grounding is not None and self.ecls_on == "z_local":
             image_side = F.normalize(
                 self.ecls_image_proj(features.grounding.z_local).float(), dim=-1
             )
@@ -211,6 +236,19 @@ class GKMVLP(nn.Module):
         entity_side = F.normalize(self.ecls_entity_proj(entities).float(), dim=-1)
         scale = self.ecls_logit_scale.exp().clamp(max=_MAX_LOGIT_SCALE)
         return scale * (image_side * entity_side[None]).sum(dim=-1)
+
+    def ground_prompts(
+        self, grounding: GroundingOutput, prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts ((P, width) or (B, P, width) knowledge-encoder states) grounded on the
+        region keys of an encoded image batch: z_local (B, P, D) and attention (B, P, R)."""
+        if self.gk is None:
+            raise RuntimeError("this model has no GK module (gk.enabled=false)")
+        return self.gk.attend(prompt_embeddings, grounding.keys, grounding.key_padding)
+
+    def encode_prompts(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[CLS] states (N, width) of prompt sentences, by the knowledge encoder."""
+        return self.knowledge_encoder(ids, mask)[:, 0]
 
     def itm_logits(
         self, text_hidden: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
@@ -243,6 +281,8 @@ class GKMVLP(nn.Module):
             logits = self.decoder(input_ids, attention_mask, image.tokens)
             total, count = lm_loss_terms(logits, input_ids, attention_mask)
             losses["lm"] = distributed.global_mean(total, count)
+        if self.loss_weights["grounding"] > 0:
+            losses["grounding"] = self._grounding(image.grounding, batch)
         if self.loss_weights["ecls"] > 0:
             scores = self.entity_scores(image, entities)
             targets, valid = batch["entity_targets"], batch["entity_valid"]
@@ -254,6 +294,44 @@ class GKMVLP(nn.Module):
         return PretrainOutput(
             loss=loss, losses={name: value.detach() for name, value in losses.items()}
         )
+
+    def _grounding(self, grounding: GroundingOutput, batch: dict[str, Any]) -> torch.Tensor:
+        """The grounding term: the mean of (1) each present report prompt's attention over its
+        image's regions against the regions it names, (2) its z_local against the region
+        features, by cosine at ``losses.grounding_temperature``, and (3) the knowledge-base
+        query of each present finding against the finding's regions. (1) and (2) need the
+        report's prompts (``gk.prompts: report``); (3) only the regions the report states."""
+        region_valid = ~grounding.key_padding
+        terms = []
+        attention_kb = grounding.attention.clamp(min=1e-12).log()
+        terms.append(
+            region_alignment_loss_terms(attention_kb, batch["entity_regions"], region_valid)
+        )
+        if self.prompt_source == "report":
+            sentences = self.encode_prompts(batch["prompt_ids"], batch["prompt_mask"])
+            text = batch["prompt_text"]
+            generator = torch.Generator().manual_seed(
+                self.seed * _ITM_SEED_STRIDE + _POSITION_DROPOUT_SALT + int(batch.get("step", 0))
+            )
+            bare = torch.rand(text.shape[:2], generator=generator) < self.position_dropout
+            chosen = torch.where(bare.to(text.device), text[..., 1], text[..., 0])
+            z_local, attention = self.ground_prompts(grounding, sentences[chosen])
+            targets = (
+                batch["prompt_regions"]
+                & (batch["prompt_valid"] & batch["prompt_present"])[..., None]
+            )
+            terms.append(
+                region_alignment_loss_terms(attention.clamp(min=1e-12).log(), targets, region_valid)
+            )
+            similarity = F.normalize(z_local.float(), dim=-1) @ F.normalize(
+                grounding.region_features.float(), dim=-1
+            ).transpose(1, 2)
+            temperature = float(self.config.losses.get("grounding_temperature", 0.1))
+            terms.append(
+                region_alignment_loss_terms(similarity / temperature, targets, region_valid)
+            )
+        means = [distributed.global_mean(total, count) for total, count in terms]
+        return torch.stack(means).mean()
 
     def _itc(self, image, text_embedding, image_all, text_all, batch, study_all) -> torch.Tensor:
         scale = self.logit_scale.exp().clamp(max=_MAX_LOGIT_SCALE)
@@ -357,3 +435,8 @@ def _pad_to_global_length(
     if missing == 0:
         return input_ids, attention_mask
     return F.pad(input_ids, (0, missing)), F.pad(attention_mask, (0, missing))
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from cxrvlp.data.pretraining import pretraining_dataset
 from cxrvlp.export import Pretrained
 from cxrvlp.recipes.batch import PretrainCollator, tokenize
+from cxrvlp.text.prompts import knowledge_prompt
 
 
 @dataclass
@@ -28,12 +29,14 @@ class EncodedSplit:
     entity_targets: torch.Tensor  # (N, E) 1 present / 0 absent (report parse)
     entity_valid: torch.Tensor  # (N, E) bool
     boxes: torch.Tensor  # (N, 29, 4) in model-input pixels
-    attention: torch.Tensor | None  # (N, E, K) GK attention
+    attention: torch.Tensor | None  # (N, E, K) GK attention of the knowledge-base queries
     attends_to: str = ""
     finding_regions: list[dict[str, set[str]]] = field(default_factory=list)
     true_findings: list[set[str]] | None = None  # synthetic world only: what each image shows
     world_findings: list[str] | None = None  # the finding types the world renders
     images: torch.Tensor | None = None  # (N, C, S, S), kept only when asked
+    # (N, E, R) GK attention of the finding prompts "<entity>: present" (region keys only)
+    finding_attention: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -58,6 +61,7 @@ def encode_split(
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     device = next(model.parameters()).device
     entities, positions = model.prompt_embeddings()
+    findings = _finding_prompt_embeddings(pretrained)
     parts: dict[str, list[torch.Tensor]] = {}
     image_ids: list[str] = []
     attends_to = ""
@@ -82,6 +86,8 @@ def encode_split(
         if features.grounding is not None:
             values["attention"] = features.grounding.attention
             attends_to = features.grounding.attends_to
+            if findings is not None and features.grounding.keys is not None:
+                values["finding_attention"] = model.ground_prompts(features.grounding, findings)[1]
         if keep_images:
             values["images"] = batch["image"]
         for key, value in values.items():
@@ -102,8 +108,22 @@ def encode_split(
         attends_to=attends_to,
         finding_regions=[regions_by_image.get(image_id, {}) for image_id in image_ids],
         images=stacked.get("images"),
+        finding_attention=stacked.get("finding_attention"),
         **_world_truth(root, image_ids),
     )
+
+
+def _finding_prompt_embeddings(pretrained: Pretrained) -> torch.Tensor | None:
+    """Knowledge-encoder states of "<entity>: present" for every entity: the prompt a report
+    stating the finding without a position gives, asked of an image without a report. None
+    when the model has no GK module on region features."""
+    model = pretrained.model
+    if model.gk is None or not model.gk.region_features:
+        return None
+    texts = [knowledge_prompt(name, None, "present") for name in model.entity_names]
+    ids, mask = tokenize(pretrained.tokenizer, texts, int(pretrained.config.text.max_length))
+    device = next(model.parameters()).device
+    return model.encode_prompts(ids.to(device), mask.to(device))
 
 
 def _world_truth(root: str, image_ids: list[str]) -> dict:

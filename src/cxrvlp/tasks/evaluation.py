@@ -142,24 +142,30 @@ def grounding_results(
     size = model.image_encoder.image_size
     patch = model.image_encoder.patch_size
     results: dict[str, Any] = {}
-    if encoded.attention is not None:
-        if encoded.attends_to == "regions":
+    grid = model.image_encoder.grid
+    gk_maps = {
+        "gk_attention": (encoded.attention, "GK attention, knowledge-base prompts",
+                         "grounding_gk.png"),
+        "gk_finding_prompts": (encoded.finding_attention,
+                               'GK attention, prompts "<finding>: present"',
+                               "grounding_gk_findings.png"),
+    }  # fmt: skip
+    for key, (attention, what, picture) in gk_maps.items():
+        if attention is None:
+            continue
 
-            def gk_heat(image: int, entity: int):
-                attention = encoded.attention[image, entity]
-                return region_density_map(attention, encoded.boxes[image], size, 4), 4
-
-        else:
-
-            def gk_heat(image: int, entity: int):
-                grid = model.image_encoder.grid
-                return encoded.attention[image, entity].reshape(grid, grid), patch
+        def gk_heat(image: int, entity: int, attention=attention):
+            if encoded.attends_to == "regions":
+                heat = region_density_map(attention[image, entity], encoded.boxes[image], size, 4)
+                return heat, 4
+            return attention[image, entity].reshape(grid, grid), patch
 
         examples: list = []
-        results["gk_attention"] = pointing_game(
-            gk_heat, encoded.finding_regions, encoded.boxes, encoded.entity_names, size, examples
-        )
-        _draw(encoded, examples, "GK attention", out, "grounding_gk.png")
+        results[key] = pointing_game(
+            gk_heat, encoded.finding_regions, encoded.boxes, encoded.entity_names, size,
+            examples, one_per_finding=True,
+        )  # fmt: skip
+        _draw(encoded, examples, what, out, picture)
     # Cross-attention of the image-report encoder from each present finding's name.
     wanted = sorted({f for regions in encoded.finding_regions for f in regions})
     wanted = [name for name in wanted if name in encoded.entity_names]
@@ -184,7 +190,12 @@ def grounding_results(
         examples,
     )
     _draw(encoded, examples, "image-report cross-attention", out, "grounding_itm.png")
-    primary = results.get("gk_attention", results["itm_cross_attention"])
+    inference = str(pretrained.config.get("gk", {}).get("inference_prompts", "knowledge_base"))
+    preferred = "gk_finding_prompts" if inference == "finding" else "gk_attention"
+    results["primary_map"] = next(
+        key for key in (preferred, "gk_attention", "itm_cross_attention") if key in results
+    )
+    primary = results[results["primary_map"]]
     results["pointing_game"] = primary["pointing_game"]
     results["iou"] = primary.get("iou")
     return results

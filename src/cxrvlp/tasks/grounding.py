@@ -84,12 +84,14 @@ def pointing_game(
     image_size: int,
     examples: list | None = None,
     max_examples: int = 12,
+    one_per_finding: bool = False,
 ) -> dict:
     """Hit rate over (image, present finding) pairs; ``heat_of(i, e)`` gives (map, cell px).
 
     Also the hit rate of a uniformly random point (the share of the image the true regions
-    cover), so a figure can be read against chance. The first ``max_examples`` pairs are
-    appended to ``examples`` as (image index, finding, heat map, true boxes, hit).
+    cover), so a figure can be read against chance. The first ``max_examples`` pairs (with
+    ``one_per_finding``, the first pair of each finding type) are appended to ``examples`` as
+    (image index, finding, heat map, true boxes, hit).
     """
     entity_index = {name: index for index, name in enumerate(entity_names)}
     hits = pairs = 0
@@ -104,7 +106,8 @@ def pointing_game(
             heat, cell = heat_of(image, column)
             hit = inside_any(peak_point(heat, cell), true_boxes)
             iou_sum += map_iou(heat, cell, true_boxes)
-            if examples is not None and len(examples) < max_examples:
+            shown = one_per_finding and any(example[1] == finding for example in examples or [])
+            if examples is not None and len(examples) < max_examples and not shown:
                 examples.append((image, finding, heat, true_boxes, hit))
             hits += hit
             pairs += 1

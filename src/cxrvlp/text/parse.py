@@ -65,6 +65,7 @@ class Triplet:
     laterality: str | None  # "right", "left", "bilateral" or None
     sentence: str
     section: str = ""  # "findings", "impression", or "text" for a report without headings
+    position_stated: bool = True  # False: the text gives no location; region is a typical one
 
 
 @dataclass(frozen=True)
@@ -1041,7 +1042,9 @@ def _expand(templates: tuple[str, ...], side: str | None) -> list[str]:
     return [t.format(side=s) for t in templates for s in chosen]
 
 
-def _regions(mention: _Mention, entity: EntityInfo) -> tuple[list[str], str | None]:
+def _regions(mention: _Mention, entity: EntityInfo) -> tuple[list[str], str | None, bool]:
+    """The mention's regions, its laterality, and whether the text stated the location (else
+    the entity's typical regions, on the stated side when there is one)."""
     laterality = _laterality(mention.sides)
     regions: list[str] = []
     zone_sides = set()
@@ -1059,7 +1062,8 @@ def _regions(mention: _Mention, entity: EntityInfo) -> tuple[list[str], str | No
         if laterality in ("right", "left"):
             regions = [r for r in typical if not _is_lateral(r) or r.startswith(laterality)]
         regions = regions or list(typical)
-    return list(dict.fromkeys(regions)), laterality
+        return list(dict.fromkeys(regions)), laterality, False
+    return list(dict.fromkeys(regions)), laterality, True
 
 
 def _inherit_linked_locations(
@@ -1121,11 +1125,18 @@ def parse_sentence(sentence: str, section: str = "") -> list[Triplet]:
     best: dict[tuple[str, str], Triplet] = {}
     for mention in mentions:
         for name in mention.names:
-            regions, laterality = _regions(mention, entities[name])
+            regions, laterality, stated = _regions(mention, entities[name])
             severity = mention.severity if mention.existence != "absent" else None
             for region in regions:
                 triplet = Triplet(
-                    name, region, mention.existence, severity, laterality, sentence, section
+                    name,
+                    region,
+                    mention.existence,
+                    severity,
+                    laterality,
+                    sentence,
+                    section,
+                    position_stated=stated,
                 )
                 held = best.get((name, region))
                 if held is None or (

@@ -19,7 +19,8 @@ EXISTENCE_VALUES: tuple[str, ...] = ("present", "absent", "uncertain")
 
 
 class TripletLike(Protocol):
-    """What the prompt builder reads from a report triplet (e.g. ``cxrvlp.text.parse``'s)."""
+    """What the prompt builder reads from a report triplet (e.g. ``cxrvlp.text.parse``'s);
+    a triplet without ``position_stated`` counts as stating its region."""
 
     @property
     def finding(self) -> str: ...
@@ -39,12 +40,21 @@ class TripletLike(Protocol):
 
 @dataclass(frozen=True)
 class KnowledgePrompt:
-    """A prompt sentence and what it was built from; fields it does not carry are None."""
+    """A prompt sentence and what it was built from; fields it does not carry are None.
+
+    ``regions`` are where the prompt's finding is: the regions the report names or, when
+    ``position_stated`` is False, the entity's typical regions (the grounding target, never
+    written into ``text``). ``bare_text`` is the sentence without position or side, the form a
+    prompt takes when the model must find the region in the image.
+    """
 
     entity: str | None
     position: str | None
     exist: str | None
     text: str
+    regions: tuple[str, ...] = ()
+    position_stated: bool = False
+    bare_text: str = ""
 
 
 def _words(*parts: str | None) -> str:
@@ -74,31 +84,47 @@ def knowledge_prompt(
     return f"{phrase}: {exist}"
 
 
+def position_phrase(regions: Iterable[str]) -> str:
+    """``"left costophrenic angle"``, ``"right lung and left lung"``."""
+    return " and ".join(regions)
+
+
 def prompts_from_triplets(
     triplets: Iterable[TripletLike], with_position: bool = True
 ) -> list[KnowledgePrompt]:
-    """One prompt per distinct sentence, in the order the triplets first give it.
+    """One prompt per stated finding of a report, in the order the triplets first give it.
 
-    Without position the prompt keeps no position either: several regions of one finding then
-    collapse into the same prompt.
+    The parser writes one triplet per (finding, region); the triplets of one finding with the
+    same existence, severity and side make one prompt naming all their regions, as the
+    paper's Prompt = {entity, position, exist} has one position per finding. A position the
+    text does not state (typical regions) stays out of the sentence but is kept in
+    ``regions``. ``with_position=False`` leaves every position out of the sentence.
     """
-    prompts: dict[str, KnowledgePrompt] = {}
+    groups: dict[tuple, list] = {}
     for triplet in triplets:
-        text = knowledge_prompt(
-            triplet.finding,
-            triplet.region,
-            triplet.existence,
-            severity=triplet.severity,
-            laterality=triplet.laterality,
-            with_position=with_position,
-        )
-        if text not in prompts:
-            prompts[text] = KnowledgePrompt(
-                entity=triplet.finding,
-                position=triplet.region if with_position else None,
-                exist=triplet.existence,
-                text=text,
+        key = (triplet.finding, triplet.existence, triplet.severity, triplet.laterality)
+        groups.setdefault(key, []).append(triplet)
+    prompts: dict[str, KnowledgePrompt] = {}
+    for (finding, existence, severity, laterality), members in groups.items():
+        regions = tuple(dict.fromkeys(t.region for t in members if t.region))
+        stated = tuple(
+            dict.fromkeys(
+                t.region for t in members if t.region and getattr(t, "position_stated", True)
             )
+        )
+        position = position_phrase(stated) if stated and with_position else None
+        text = knowledge_prompt(finding, position, existence, severity, laterality)
+        if text in prompts:
+            continue
+        prompts[text] = KnowledgePrompt(
+            entity=finding,
+            position=position,
+            exist=existence,
+            text=text,
+            regions=stated or regions,
+            position_stated=bool(stated),
+            bare_text=knowledge_prompt(finding, None, existence, severity),
+        )
     return list(prompts.values())
 
 

@@ -1,0 +1,37 @@
+"""Region alignment: each query (a knowledge prompt, a report sentence) against the anatomical
+regions of its own image, with the regions it names as the positives.
+
+``-log sum_{r named} softmax_r(logits)``: one named region suffices (a bilateral finding names
+two, and pointing at either is right), and only the image's own regions compete, so the term
+asks *where in this image* rather than *which image*. GK-MVLP's grounding term uses it on its
+prompt-to-region attention (logits = log attention) and ASG's region-sentence alignment on
+sentence-region similarities. Written here because neither library we use has a
+multi-positive, per-image softmax over boxes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def region_alignment_loss_terms(
+    logits: torch.Tensor, positives: torch.Tensor, region_valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss over the queries that name at least one valid region, and their count.
+
+    ``logits`` (B, Q, R) a query's scores over its image's regions; ``positives`` (B, Q, R)
+    bool, the regions it names; ``region_valid`` (B, R) bool, the regions the image has (the
+    others take no part, as positives or as negatives).
+    """
+    logits = logits.float()
+    if region_valid is not None:
+        logits = logits.masked_fill(~region_valid[:, None, :], float("-inf"))
+        positives = positives & region_valid[:, None, :]
+    counted = positives.any(dim=-1)
+    # Queries without a named region get flat logits and every region as a positive (loss 0),
+    # so no all--inf row reaches logsumexp (its gradient would be NaN).
+    logits = logits.masked_fill(~counted[..., None], 0.0)
+    positives = positives | ~counted[..., None]
+    named = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=-1)
+    every = torch.logsumexp(logits, dim=-1)
+    return ((every - named) * counted).sum(), counted.sum()
