@@ -155,6 +155,11 @@ def test_shipped_protocols_expand_to_their_run_lists():
     paper = load_protocol("paper", ["gkmvlp"], ["seeds=[0]"])
     assert {run.fraction for run in paper.runs if run.kind == "finetune"} == {0.01, 0.1, 1.0}
     assert all(run.model != "random" for run in paper.runs if run.kind == "evaluate")
+    pretraining = load_protocol("pretraining", ["report", "today"])
+    assert {run.name for run in pretraining.runs if run.model == "today"} == {
+        "retrieval-today", "grounding-today", "entities-today",
+        "classification-nih-probe-today-0.01", "classification-nih-probe-today-0.01-seed1",
+    }  # fmt: skip
 
 
 def test_run_names_are_stable_and_seed_zero_keeps_the_plain_name():

@@ -59,7 +59,9 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
     assert "GK-MVLP" in report and "ITC-only" in report and "random init" in report
     assert "±" in report.split("**classification / chexpert / linear probe: AUROC**")[1]
     assert (out / "report.html").is_file() and (out / "roc_curves.png").is_file()
-    assert "grounding_gk.png" in report
+    assert "grounding_gk_findings.png" in report and "grounding_gk.png" in report
+    hits = report.split("**Grounding: pointing-game hits per finding type")[1].split("\n\n")[1]
+    assert hits.splitlines()[2].startswith("| all findings |")
     printed = capsys.readouterr().out
     assert "Headline" in printed and f"report: {out / 'report.html'}" in printed
     assert "next: cxrvlp generate" in printed

@@ -81,9 +81,10 @@ def test_run_folder_holds_config_metrics_events_checkpoint_and_tokenizer(trained
     rows = _metrics(trained)
     assert [row["step"] for row in rows] == list(range(1, 7))
     for row in rows:
-        for name in ("loss_itc", "loss_itm", "loss_lm", "loss_ecls", "lr", "samples_per_s"):
+        terms = ("loss_itc", "loss_itm", "loss_lm", "loss_ecls", "loss_grounding")
+        for name in (*terms, "lr", "samples_per_s"):
             assert name in row and row[name] == row[name]  # present and not NaN
-        weighted = row["loss_itc"] + row["loss_itm"] + row["loss_lm"] + row["loss_ecls"]
+        weighted = sum(row[name] for name in terms)
         assert row["loss"] == pytest.approx(weighted, rel=1e-5)
     assert "model:" in (trained / "config.yaml").read_text()
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
@@ -138,7 +139,7 @@ def test_two_gloo_processes_give_the_loss_sequence_of_one(world, tokenizer, tmp_
     one, two = _metrics(single), _metrics(double)
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):
-        for name in ("loss", "loss_itc", "loss_itm", "loss_lm", "loss_ecls"):
+        for name in ("loss", "loss_itc", "loss_itm", "loss_lm", "loss_ecls", "loss_grounding"):
             assert b[name] == pytest.approx(a[name], rel=1e-5), (a["step"], name)
     summary = json.loads((double / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -237,8 +238,12 @@ def test_evaluate_writes_results_and_grounding_pictures(world, trained, tmp_path
     assert entities["world_truth"]["per_entity"]  # the world's finding types, scored on truth
     grounding = json.loads((tmp_path / "grounding" / "results.json").read_text())
     assert grounding["gk_attention"]["pairs"] > 0
-    assert grounding["pointing_game"] == grounding["gk_attention"]["pointing_game"]
-    assert (tmp_path / "grounding" / "grounding_gk.png").stat().st_size > 1000
+    # gkmvlp-tiny maps an image without a report with the "<finding>: present" prompts
+    assert grounding["primary_map"] == "gk_finding_prompts"
+    assert grounding["pointing_game"] == grounding["gk_finding_prompts"]["pointing_game"]
+    assert grounding["gk_finding_prompts"]["pairs"] == grounding["gk_attention"]["pairs"]
+    for picture in ("grounding_gk.png", "grounding_gk_findings.png"):
+        assert (tmp_path / "grounding" / picture).stat().st_size > 1000
     assert (tmp_path / "grounding" / "grounding_itm.png").stat().st_size > 1000
 
 

@@ -78,6 +78,15 @@ def test_pointing_game_counts_hits_over_present_findings_only():
     )
     assert result["pairs"] == 2 and result["pointing_game"] == pytest.approx(0.5)
     assert result["chance"] == pytest.approx(0.5, abs=0.05)
+    assert result["per_entity"] == {"pleural effusion": {"hits": 1, "pairs": 2}}
+    examples: list = []
+    pointing_game(
+        lambda image, entity: (left_peak, 16.0), findings, boxes, ["pleural effusion"], 64,
+        examples, one_per_finding=True,
+    )  # fmt: skip
+    assert [(image, finding, hit) for image, finding, _, _, hit in examples] == [
+        (0, "pleural effusion", True)
+    ]
 
 
 def test_imagenome_attributes_give_the_positive_regions_of_each_finding():

@@ -6,7 +6,6 @@ Open-i indexers assigned by hand to each report.
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.readers.iu_xray import OpenIReport, OpenIReports
 from cxrvlp.text.chexpert import label_report
 from cxrvlp.text.parse import EXISTENCES, SEVERITIES, ParsedReport, load_entities, parse_report
+from cxrvlp.text.prompt_stats import default_openi_archive, prompt_statistics
+from cxrvlp.text.prompts import prompts_from_triplets
 
 IU_REPORT_COUNT = 3955
 # Manually assigned MeSH major term -> the entity a report with that term should state.
@@ -35,12 +36,9 @@ MESH_ENTITIES = {
 
 
 def _archive() -> Path:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torchxrayvision (which ships the IU X-Ray reports) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "NLMCXR_reports.tgz"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing from the torchxrayvision install")
+    path = default_openi_archive()
+    if path is None:
+        pytest.skip("torchxrayvision, which ships NLMCXR_reports.tgz, is not installed")
     return path
 
 
@@ -113,3 +111,39 @@ def test_reports_indexed_normal_get_no_finding(parsed):
     assert len(normal) > 1000
     no_finding = sum(label_report(result)["No Finding"] == 1.0 for result in normal)
     assert no_finding / len(normal) >= 0.93
+
+
+def test_prompt_statistics_hold(parsed):
+    """The knowledge prompts of all reports (docs/results/iu-xray-prompts-2026-12-03.md):
+    20,483 prompts, 5.18 a report; 15% of the prompts and 54% of the present ones name a
+    position the text states."""
+    prompts = [prompts_from_triplets(result.triplets) for _, result in parsed]
+    summary = prompt_statistics(prompts)
+    assert summary["reports"] == IU_REPORT_COUNT
+    assert summary["reports_with_prompts"] / IU_REPORT_COUNT >= 0.98, summary
+    per_report = summary["prompts_per_report"]
+    assert 4.8 <= per_report["mean"] <= 5.6 and per_report["median"] == 5, summary
+    assert per_report["max"] <= 25, summary
+    existence = summary["by_existence"]
+    assert 4300 <= existence["present"] <= 5300, summary
+    assert existence["absent"] >= 13000 and 650 <= existence["uncertain"] <= 1200, summary
+    assert 0.13 <= summary["position"]["stated_share"] <= 0.20, summary
+    assert 0.50 <= summary["position_present"]["stated_share"] <= 0.65, summary
+    top = {row["entity"]: row for row in summary["top_entities"]}
+    assert {"cardiomegaly", "pleural effusion", "pneumothorax"} <= set(top), summary
+    assert top["calcification"]["stated_share"] >= 0.55, summary
+    # A restatement ("Mild cardiomegaly. ... Cardiomegaly.") joins the more specific prompt:
+    # no bare "<entity>: <exist>" prompt shares its typical regions with another prompt.
+    restated = [
+        (number, bare.text)
+        for number, report in enumerate(prompts)
+        for bare in report
+        if bare.text == f"{bare.entity}: {bare.exist}"
+        and any(
+            other is not bare
+            and (other.entity, other.exist, other.regions)
+            == (bare.entity, bare.exist, bare.regions)
+            for other in report
+        )
+    ]
+    assert restated == []

@@ -106,6 +106,11 @@ CASES: list[tuple[str, dict[str, Expect]]] = [
      {"cardiomegaly": A(), "enlarged cardiomediastinum": A()}),
     ("Heart size is mildly enlarged.", {"cardiomegaly": P(severity="small")}),
     ("The heart size is at the upper limits of normal.", {"cardiomegaly": U()}),
+    ("The heart size is upper limit normal.", {"cardiomegaly": U()}),
+    ("Heart size is upper limits normal.", {"cardiomegaly": U()}),
+    ("The cardiomediastinal silhouette is stable and unremarkable.",
+     {"cardiomegaly": A(), "enlarged cardiomediastinum": A()}),
+    ("Heart size is stable and mildly enlarged.", {"cardiomegaly": P(severity="small")}),
     ("The osseous structures are intact.", {"fracture": A()}),
     ("The visible bony structures show no acute abnormality.", {"fracture": A()}),
     ("Heart size and pulmonary vascular engorgement are within normal limits.",
@@ -216,6 +221,9 @@ CASES: list[tuple[str, dict[str, Expect]]] = [
      {"hyperinflation": P(*LUNGS), "emphysema": P()}),
     ("Calcified granuloma in the right upper lobe.",
      {"calcification": P("right upper lung zone")}),
+    ("Stable calcified left upper lobe nodule.",
+     {"calcification": P("left upper lung zone"), "nodule": P("left upper lung zone")}),
+    ("Severe T12 compression deformity.", {"deformity": P("spine", severity="large")}),
     ("Small left pleural effusion with adjacent atelectasis.",
      {"pleural effusion": P("left costophrenic angle"), "atelectasis": P()}),
     ("Hydropneumothorax on the right.",
@@ -277,6 +285,22 @@ def test_sentence_triplets(sentence: str, expected: dict[str, Expect]):
         if expect.laterality is not ANY:
             assert {t.laterality for t in got} == {expect.laterality}, f"{finding}:\n{described}"
         assert all(t.sentence == sentence for t in got)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding", "stated"),
+    [
+        # Two words of one finding, the location given to one: the stated reading is kept.
+        ("Increased kyphotic curvature of the thoracic spine.", "deformity", True),
+        ("Mild L2 wedge deformity.", "deformity", True),
+        ("Calcified right midlung nodule.", "nodule", True),
+        ("Mild kyphosis.", "deformity", False),
+        ("Small right pleural effusion.", "pleural effusion", False),
+    ],
+)
+def test_a_stated_location_is_marked_stated(sentence: str, finding: str, stated: bool):
+    triplets = [t for t in parse_sentence(sentence) if t.finding == finding]
+    assert triplets and {t.position_stated for t in triplets} == {stated}
 
 
 def test_one_triplet_per_finding_and_region():

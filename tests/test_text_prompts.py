@@ -167,6 +167,51 @@ def test_parser_marks_stated_and_typical_positions():
     assert prompts["cardiomegaly"].text == "cardiomegaly: present"
 
 
+def test_a_restatement_without_severity_joins_the_more_specific_prompt():
+    prompts = prompts_from_triplets(
+        [
+            StatedTriplet("cardiomegaly", "cardiac silhouette", "present", "small", None, False),
+            StatedTriplet("cardiomegaly", "cardiac silhouette", "present", None, None, False),
+            StatedTriplet("pneumonia", "right lower lung zone", "present", None, "right"),
+            StatedTriplet("pneumonia", "right lung", "present", None, "right", False),
+        ]
+    )
+    assert [p.text for p in prompts] == [
+        "small cardiomegaly: present",
+        "right pneumonia in the right lower lung zone: present",
+    ]
+    assert prompts[1].regions == ("right lower lung zone",)
+
+
+def test_a_typical_mention_elsewhere_keeps_its_own_prompt():
+    prompts = prompts_from_triplets(
+        [
+            StatedTriplet("calcification", "aortic arch", "present"),
+            StatedTriplet("calcification", "right lung", "present", position_stated=False),
+            StatedTriplet("calcification", "left lung", "present", position_stated=False),
+        ]
+    )
+    assert [(p.text, p.regions, p.position_stated) for p in prompts] == [
+        ("calcification in the aortic arch: present", ("aortic arch",), True),
+        ("calcification: present", ("right lung", "left lung"), False),
+    ]
+
+
+def test_report_restating_findings_gives_one_prompt_each():
+    from cxrvlp.text.parse import parse_report
+
+    report = (
+        "FINDINGS: Mild cardiomegaly. Calcified aortic knob. Scattered granulomas. "
+        "IMPRESSION: Cardiomegaly."
+    )
+    prompts = prompts_from_triplets(parse_report(report).triplets)
+    assert [p.text for p in prompts] == [
+        "small cardiomegaly: present",
+        "calcification in the aortic arch: present",
+        "calcification: present",
+    ]
+
+
 def test_conflicting_existence_keeps_both_prompts():
     prompts = prompts_from_triplets(
         [

@@ -29,7 +29,8 @@ write the tables.
       nih: /data/ChestX-ray14
       vqa-rad: {root: /data/vqa-rad, boxes: vqa-rad-boxes.jsonl}   # `detector annotate`
   (`cxrvlp synth` writes one into its world). Runs on data sets the file does not name are
-  listed as skipped. --protocol: quick, full, paper (see --list-protocols) or a YAML file.
+  listed as skipped. --protocol: quick, full, paper, pretraining (see --list-protocols) or a
+  YAML file.
   Finished runs (OUT/finetune/RUN/results.json, OUT/evaluate/RUN/results.json) are reused;
   a failing run is reported with its error and the others go on.
 OUT receives the runs, results.json, report.md, report.html and the plots.
@@ -108,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             from omegaconf import OmegaConf
 
             description = OmegaConf.load(protocol_path(name)).get("description", "")
-            print(f"{name:<8} {str(description).strip().splitlines()[0] if description else ''}")
+            print(f"{name:<12} {str(description).strip().splitlines()[0] if description else ''}")
         return 0
     if args.data is None or (args.out is None and not args.dry_run):
         raise ProtocolError("--data and --out are needed (--out may be left out with --dry-run)")

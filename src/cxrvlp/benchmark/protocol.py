@@ -207,7 +207,8 @@ def protocol_names() -> list[str]:
 
 
 def protocol_path(name_or_path: str | Path) -> Path:
-    """A shipped protocol by name (``quick``, ``full``, ``paper``) or a YAML file."""
+    """A shipped protocol by name (``quick``, ``full``, ``paper``, ``pretraining``) or a YAML
+    file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():

@@ -255,6 +255,40 @@ def pretrained_table(document: dict[str, Any]) -> Table | None:
     return Table("Pre-trained models, no fine-tuning", ["model", *columns], rows)
 
 
+GROUNDING_MAPS = (
+    ("gk_finding_prompts", 'GK, "<finding>: present"'),
+    ("gk_attention", "GK, knowledge-base prompts"),
+    ("itm_cross_attention", "image-report cross-attention"),
+)
+
+
+def grounding_table(document: dict[str, Any]) -> Table | None:
+    """Pointing-game hits per finding type of each model's grounding maps (hits / pairs)."""
+    columns: list[tuple[str, str, dict]] = []  # (model, map label, per-finding counts)
+    totals: list[str] = []
+    for entry in document["runs"].values():
+        run = entry["run"]
+        if run["kind"] != "evaluate" or run["task"] != "grounding" or entry["status"] != "done":
+            continue
+        for key, label in GROUNDING_MAPS:
+            found = entry["results"].get(key)
+            if found and found.get("pairs"):
+                columns.append((run["model"], label, found["per_entity"]))
+                totals.append(f"{found['pointing_game']:.3f} (chance {found['chance']:.3f})")
+    if not columns:
+        return None
+    findings = sorted({name for _, _, counts in columns for name in counts})
+    rows = [["all findings", *totals]]
+    for name in findings:
+        cells = []
+        for _, _, counts in columns:
+            hit = counts.get(name)
+            cells.append(f"{hit['hits']}/{hit['pairs']}" if hit else "-")
+        rows.append([name, *cells])
+    header = ["finding", *(f"{model_name(model)}: {label}" for model, label, _ in columns)]
+    return Table("Grounding: pointing-game hits per finding type (test images)", header, rows)
+
+
 def problems_table(document: dict[str, Any]) -> Table | None:
     rows = []
     for name, entry in document["runs"].items():
@@ -367,9 +401,12 @@ def pictures(document: dict[str, Any], found: list[Family], out: Path) -> list[t
             candidates = [("detections.png", "Detections (green truth, red predicted)")]
         elif run["task"] == "grounding":
             candidates = [
-                ("grounding_gk.png", "GK attention on each present finding"),
-                ("grounding_itm.png", "Image-report cross-attention on each present finding"),
-            ]
+                ("grounding_gk_findings.png",
+                 'GK attention of "<finding>: present", one finding type a panel (true regions '
+                 "boxed)"),
+                ("grounding_gk.png", "GK attention of the knowledge-base prompts"),
+                ("grounding_itm.png", "Image-report cross-attention from the finding's name"),
+            ]  # fmt: skip
         else:
             continue
         for file, title in candidates:
@@ -426,6 +463,7 @@ def write_report(
     headline = headline_table(document, found)
     tables = [t for family in found for t in family_tables(document, family)]
     pretrained = pretrained_table(document)
+    grounding = grounding_table(document)
     problems = problems_table(document)
     lines = comparisons(document, found)
     shown = pictures(document, found, out) + [
@@ -452,6 +490,8 @@ def write_report(
         md.append(problems.markdown())
     if pretrained:
         md.append(pretrained.markdown())
+    if grounding:
+        md.append(grounding.markdown())
     md += [table.markdown() for table in tables]
     if lines:
         md.append("## Each pre-trained model against the other starting points\n")
@@ -482,6 +522,8 @@ def write_report(
         parts.append(problems.html("h2"))
     if pretrained:
         parts.append(pretrained.html("h2"))
+    if grounding:
+        parts.append(grounding.html("h2"))
     parts.append("<h2>Every task family</h2>")
     parts += [table.html() for table in tables]
     if lines:

@@ -282,7 +282,7 @@ class GKMVLP(nn.Module):
             total, count = lm_loss_terms(logits, input_ids, attention_mask)
             losses["lm"] = distributed.global_mean(total, count)
         if self.loss_weights["grounding"] > 0:
-            losses["grounding"] = self._grounding(image.grounding, batch)
+            losses["grounding"] = self._grounding(image.grounding, batch, offset, len(study_all))
         if self.loss_weights["ecls"] > 0:
             scores = self.entity_scores(image, entities)
             targets, valid = batch["entity_targets"], batch["entity_valid"]
@@ -295,7 +295,9 @@ class GKMVLP(nn.Module):
             loss=loss, losses={name: value.detach() for name, value in losses.items()}
         )
 
-    def _grounding(self, grounding: GroundingOutput, batch: dict[str, Any]) -> torch.Tensor:
+    def _grounding(
+        self, grounding: GroundingOutput, batch: dict[str, Any], offset: int, global_rows: int
+    ) -> torch.Tensor:
         """The grounding term: the mean of (1) each present report prompt's attention over its
         image's regions against the regions it names, (2) its z_local against the region
         features, by cosine at ``losses.grounding_temperature``, and (3) the knowledge-base
@@ -313,7 +315,11 @@ class GKMVLP(nn.Module):
             generator = torch.Generator().manual_seed(
                 self.seed * _ITM_SEED_STRIDE + _POSITION_DROPOUT_SALT + int(batch.get("step", 0))
             )
-            bare = torch.rand(text.shape[:2], generator=generator) < self.position_dropout
+            # Drawn for every prompt slot of the global batch, then each process keeps its
+            # rows: the same prompts lose their position whatever the number of processes.
+            slots = max(int(self.config.gk.get("max_report_prompts", 12)), text.shape[1])
+            draws = torch.rand(global_rows, slots, generator=generator)
+            bare = draws[offset : offset + len(text), : text.shape[1]] < self.position_dropout
             chosen = torch.where(bare.to(text.device), text[..., 1], text[..., 0])
             z_local, attention = self.ground_prompts(grounding, sentences[chosen])
             targets = (

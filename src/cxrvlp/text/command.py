@@ -1,4 +1,5 @@
-"""`cxrvlp text parse | label | tokenizer`: report triplets, CheXpert labels, WordPiece."""
+"""`cxrvlp text parse | label | prompts | tokenizer`: report triplets, CheXpert labels,
+knowledge prompts, WordPiece."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from tqdm import tqdm
 
 DESCRIPTION = """\
 Report understanding: `parse` prints the triplets <finding, region, existence> and CheXpert-14
-labels of one report, `label` does it for a file of reports (JSONL out), `tokenizer` trains a
-WordPiece vocabulary on a report corpus.
+labels of one report, `label` does it for a file of reports (JSONL out), `prompts` prints the
+knowledge prompts of one report or a summary over the IU X-Ray (Open-i) reports, `tokenizer`
+trains a WordPiece vocabulary on a report corpus.
 """
 
 
@@ -31,6 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     label_parser.add_argument("--out", type=Path, required=True, help="output .jsonl")
     label_parser.set_defaults(action=run_label)
 
+    prompts_parser = commands.add_parser(
+        "prompts", help="knowledge prompts of one report, or a summary over Open-i"
+    )
+    source = prompts_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("report", nargs="?", help="the report text (use - to read standard input)")
+    source.add_argument("--file", type=Path, help="a file holding one report")
+    source.add_argument(
+        "--open-i",
+        nargs="?",
+        const=OPENI_DEFAULT,
+        metavar="ARCHIVE",
+        help="summarise the prompts of every Open-i report (default: the archive that ships "
+        "with torchxrayvision)",
+    )
+    prompts_parser.add_argument("--json", type=Path, metavar="OUT", help="also write JSON here")
+    prompts_parser.set_defaults(action=run_prompts)
+
     tokenizer_parser = commands.add_parser("tokenizer", help="train a WordPiece vocabulary")
     tokenizer_parser.add_argument(
         "--corpus",
@@ -43,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tokenizer_parser.add_argument("--vocab-size", type=int, default=8000)
     tokenizer_parser.add_argument("--min-frequency", type=int, default=2)
     tokenizer_parser.set_defaults(action=run_tokenizer)
+
+
+OPENI_DEFAULT = "torchxrayvision"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,6 +138,59 @@ def run_label(args: argparse.Namespace) -> int:
         f"labelled {written:,} reports into {args.out} in {seconds:.1f} s "
         f"({written / max(seconds, 1e-9):,.0f} reports/s); {skipped} lines skipped"
     )
+    return 0
+
+
+def _prompt_json(prompt) -> dict:
+    return {
+        "text": prompt.text,
+        "regions": list(prompt.regions),
+        "position": "stated" if prompt.position_stated else "typical",
+    }
+
+
+def _openi_summary(archive: str) -> dict | str:
+    """The prompt statistics over an Open-i archive, or why they cannot be computed."""
+    from cxrvlp.text.prompt_stats import default_openi_archive, prompt_statistics, report_prompts
+
+    path = default_openi_archive() if archive == OPENI_DEFAULT else Path(archive)
+    if path is None or not path.exists():
+        return f"Open-i reports not found: {path or 'torchxrayvision is not installed'}"
+    # The Open-i reader sits in the data package, which imports torch; only this path needs it.
+    from cxrvlp.data.readers.iu_xray import OpenIReports
+
+    reports = OpenIReports(path)
+    texts = [report.sections.text for report in reports]
+    summary = prompt_statistics(
+        report_prompts(text) for text in tqdm(texts, desc="prompts", unit="report")
+    )
+    return {"archive": str(path), **summary}
+
+
+def run_prompts(args: argparse.Namespace) -> int:
+    from cxrvlp.text.prompt_stats import report_prompts
+
+    if args.open_i is not None:
+        result = _openi_summary(args.open_i)
+        if isinstance(result, str):
+            print(f"cxrvlp text prompts: {result}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2))
+    else:
+        if args.file is not None and not args.file.is_file():
+            print(f"cxrvlp text prompts: file not found: {args.file}", file=sys.stderr)
+            return 2
+        if args.file is not None:
+            text = args.file.read_text(encoding="utf-8", errors="replace")
+        else:
+            text = sys.stdin.read() if args.report == "-" else args.report
+        prompts = [_prompt_json(p) for p in report_prompts(text)]
+        for prompt in prompts:
+            print(f"{prompt['text']}\t[{', '.join(prompt['regions'])}]\t{prompt['position']}")
+        result = {"prompts": prompts}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

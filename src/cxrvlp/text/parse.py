@@ -400,7 +400,7 @@ _QUALIFIERS: dict[str, str] = {
          "within normal range", "within the normal range", "within normal", "unremarkable",
          "not enlarged", "not widened", "not significantly enlarged", "not increased",
          "not significantly widened", "intact", "grossly normal", "grossly unremarkable",
-         "normal appearing", "upper limits normal", "grossly intact", "no acute abnormality",
+         "normal appearing", "grossly intact", "no acute abnormality",
          "not enlarged in size", "not large", "without acute abnormality",
          "within limits of normal", "within the limits of normal", "no acute abnormalities",
          "no abnormality", "no abnormalities", "no acute abnormality",
@@ -412,7 +412,7 @@ _QUALIFIERS: dict[str, str] = {
         ("upper limits of normal", "upper limit of normal", "top normal", "top normal in size",
          "upper normal", "high normal", "borderline", "borderline enlarged",
          "at the upper limits of normal", "borderline in size", "upper range of normal",
-         "top of normal"),
+         "top of normal", "upper limits normal", "upper limit normal"),
         "borderline",
     ),
     **dict.fromkeys(("low", "decreased", "diminished", "reduced", "small"), "reduced"),
@@ -599,7 +599,8 @@ _PLACES: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(
         ("spine", "thoracic spine", "spinal", "vertebral", "vertebra", "vertebrae",
          "vertebral body", "vertebral bodies", "thoracolumbar", "lumbar spine", "t spine",
-         "thoracic vertebral body", "thoracic vertebral bodies", "thoracic vertebra"),
+         "thoracic vertebral body", "thoracic vertebral bodies", "thoracic vertebra",
+         *(f"t{level}" for level in range(1, 13)), *(f"l{level}" for level in range(1, 6))),
         ("spine",),
     ),
     **dict.fromkeys(
@@ -885,6 +886,9 @@ def _qualifier(
         qualifier = _role_value(match, QUALIFIER)
         if qualifier is not None:
             return qualifier, severity or _role_value(match, SEVERITY), (organ.end, match.start)
+        # "The silhouette is stable and unremarkable": the qualifier follows the stability.
+        if AFFIRM in kinds and tokens[match.end : match.end + 1] == ["and"]:
+            continue
         if kinds & {TERMINATOR, AFFIRM, ENTITY, GENERIC_DEVICE}:
             return None
         if SEVERITY in kinds:
@@ -1067,14 +1071,32 @@ def _regions(mention: _Mention, entity: EntityInfo) -> tuple[list[str], str | No
 
 
 def _inherit_linked_locations(
-    mentions: list[_Mention], cues: list[_Cue], tokens: list[str]
+    mentions: list[_Mention], matches: list[_Match], cues: list[_Cue], tokens: list[str]
 ) -> None:
-    """ "Opacity at the left base, likely atelectasis": atelectasis is at the left base too."""
+    """ "Opacity at the left base, likely atelectasis": atelectasis is at the left base too.
+
+    Two findings of one noun phrase ("calcified right midlung nodule", only modifiers
+    between) share the location that went to either of them.
+    """
     links = [c for c in cues if LINK in c.kinds]
+    modifier_positions = {
+        position
+        for m in matches
+        if any(r.kind in _MODIFIER_GROUP for r in m.roles)
+        for position in range(m.start, m.end)
+    }
     ordered = sorted(
         (m for m in mentions if m.kind in (ENTITY, GENERIC_DEVICE)), key=lambda m: m.start
     )
     for previous, mention in pairwise(ordered):
+        modifiers_between = range(previous.end, mention.start)
+        if modifiers_between and modifier_positions.issuperset(modifiers_between):
+            located = [m for m in (previous, mention) if m.zones or m.places]
+            if len(located) == 1:
+                unlocated = mention if located[0] is previous else previous
+                unlocated.zones = list(located[0].zones)
+                unlocated.places = list(located[0].places)
+            continue
         if mention.sides or mention.zones or mention.places:
             continue
         if not (previous.sides or previous.zones or previous.places):
@@ -1088,6 +1110,15 @@ def _inherit_linked_locations(
             mention.sides = set(previous.sides)
             mention.zones = list(previous.zones)
             mention.places = list(previous.places)
+
+
+def _stronger(triplet: Triplet, held: Triplet) -> bool:
+    """The stronger statement of one (finding, region): the higher existence, then the one
+    whose location the text states ("kyphotic curvature of the thoracic spine")."""
+    rank, held_rank = EXISTENCE_RANK[triplet.existence], EXISTENCE_RANK[held.existence]
+    return rank > held_rank or (
+        rank == held_rank and triplet.position_stated and not held.position_stated
+    )
 
 
 def parse_sentence(sentence: str, section: str = "") -> list[Triplet]:
@@ -1120,7 +1151,7 @@ def parse_sentence(sentence: str, section: str = "") -> list[Triplet]:
     if not mentions:
         return []
     _attach_modifiers(matches, mentions, tokens, organs_used)
-    _inherit_linked_locations(mentions, cues, tokens)
+    _inherit_linked_locations(mentions, matches, cues, tokens)
 
     best: dict[tuple[str, str], Triplet] = {}
     for mention in mentions:
@@ -1139,9 +1170,7 @@ def parse_sentence(sentence: str, section: str = "") -> list[Triplet]:
                     position_stated=stated,
                 )
                 held = best.get((name, region))
-                if held is None or (
-                    EXISTENCE_RANK[triplet.existence] > EXISTENCE_RANK[held.existence]
-                ):
+                if held is None or _stronger(triplet, held):
                     best[(name, region)] = triplet
     return list(best.values())
 

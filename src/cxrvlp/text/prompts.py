@@ -98,34 +98,105 @@ def prompts_from_triplets(
     same existence, severity and side make one prompt naming all their regions, as the
     paper's Prompt = {entity, position, exist} has one position per finding. A position the
     text does not state (typical regions) stays out of the sentence but is kept in
-    ``regions``. ``with_position=False`` leaves every position out of the sentence.
+    ``regions``; such a mention makes its own prompt unless a more specific prompt of the
+    same finding already covers its regions ("Aortic calcification. Granulomas." are two
+    prompts; "Mild cardiomegaly. Cardiomegaly." one). ``with_position=False`` leaves every
+    position out of the sentence.
     """
     groups: dict[tuple, list] = {}
     for triplet in triplets:
-        key = (triplet.finding, triplet.existence, triplet.severity, triplet.laterality)
+        stated = bool(getattr(triplet, "position_stated", True))
+        key = (triplet.finding, triplet.existence, triplet.severity, triplet.laterality, stated)
         groups.setdefault(key, []).append(triplet)
+    candidates = [
+        _Candidate(finding, existence, severity, laterality, stated, _unique_regions(members))
+        for (finding, existence, severity, laterality, stated), members in groups.items()
+    ]
     prompts: dict[str, KnowledgePrompt] = {}
-    for (finding, existence, severity, laterality), members in groups.items():
-        regions = tuple(dict.fromkeys(t.region for t in members if t.region))
-        stated = tuple(
-            dict.fromkeys(
-                t.region for t in members if t.region and getattr(t, "position_stated", True)
-            )
+    for candidate in candidates:
+        if any(candidate.is_covered_by(other) for other in candidates if other is not candidate):
+            continue
+        position = (
+            position_phrase(candidate.regions)
+            if candidate.stated and candidate.regions and with_position
+            else None
         )
-        position = position_phrase(stated) if stated and with_position else None
-        text = knowledge_prompt(finding, position, existence, severity, laterality)
+        text = knowledge_prompt(
+            candidate.finding,
+            position,
+            candidate.existence,
+            candidate.severity,
+            candidate.laterality,
+        )
         if text in prompts:
             continue
         prompts[text] = KnowledgePrompt(
-            entity=finding,
+            entity=candidate.finding,
             position=position,
-            exist=existence,
+            exist=candidate.existence,
             text=text,
-            regions=stated or regions,
-            position_stated=bool(stated),
-            bare_text=knowledge_prompt(finding, None, existence, severity),
+            regions=candidate.regions,
+            position_stated=candidate.stated and bool(candidate.regions),
+            bare_text=knowledge_prompt(
+                candidate.finding, None, candidate.existence, candidate.severity
+            ),
         )
     return list(prompts.values())
+
+
+def _unique_regions(members: Iterable[TripletLike]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t.region for t in members if t.region))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A prompt before redundant ones are dropped: one group of a report's triplets."""
+
+    finding: str
+    existence: str
+    severity: str | None
+    laterality: str | None
+    stated: bool
+    regions: tuple[str, ...]
+
+    def is_covered_by(self, other: _Candidate) -> bool:
+        """Whether ``other`` says all this says, and more: the same finding and existence,
+        its severity and side where this has one, and every region of this one, a typical
+        lung counting as covered by a stated part of it."""
+        if (other.finding, other.existence) != (self.finding, self.existence):
+            return False
+        if self.severity not in (None, other.severity):
+            return False
+        if self.laterality not in (None, other.laterality):
+            return False
+        if self.stated:
+            return other.stated and set(self.regions) <= set(other.regions)
+        return all(
+            region in other.regions or any(_is_part_of(r, region) for r in other.regions)
+            for region in self.regions
+        )
+
+
+# Chest ImaGenome's lung regions and the parts each contains.
+_LUNG_PARTS = {
+    f"{side} lung": frozenset(
+        f"{side} {part}"
+        for part in (
+            "upper lung zone",
+            "mid lung zone",
+            "lower lung zone",
+            "hilar structures",
+            "apical zone",
+            "costophrenic angle",
+        )
+    )
+    for side in ("right", "left")
+}
+
+
+def _is_part_of(region: str, whole: str) -> bool:
+    """ "right lower lung zone" is part of the "right lung"."""
+    return region in _LUNG_PARTS.get(whole, ())
 
 
 def entity_prompts(kb: KnowledgeBase | None = None) -> list[KnowledgePrompt]:
