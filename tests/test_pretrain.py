@@ -242,6 +242,12 @@ def test_evaluate_writes_results_and_grounding_pictures(world, trained, tmp_path
     assert grounding["primary_map"] == "gk_finding_prompts"
     assert grounding["pointing_game"] == grounding["gk_finding_prompts"]["pointing_game"]
     assert grounding["gk_finding_prompts"]["pairs"] == grounding["gk_attention"]["pairs"]
+    # Held-out pairs with another report's prompts: every loss but grounding is unchanged.
+    leakage = grounding["report_prompts"]
+    assert leakage["images"] == 19
+    for term in ("itc", "itm", "lm", "ecls"):
+        assert leakage["other_report"][term] == leakage["paired"][term], term
+    assert leakage["other_report"]["grounding"] != leakage["paired"]["grounding"]
     for picture in ("grounding_gk.png", "grounding_gk_findings.png"):
         assert (tmp_path / "grounding" / picture).stat().st_size > 1000
     assert (tmp_path / "grounding" / "grounding_itm.png").stat().st_size > 1000

@@ -126,7 +126,12 @@ def evaluate(
                 names,
             )  # fmt: skip
     else:
+        from cxrvlp.tasks.prompt_leakage import prompt_leakage
+
         results |= grounding_results(pretrained, encoded, batch_size, progress, out)
+        leakage = prompt_leakage(pretrained, str(root), split, batch_size, progress)
+        if leakage is not None:
+            results["report_prompts"] = leakage
     return results
 
 
