@@ -7,7 +7,13 @@ from sklearn.metrics import roc_auc_score
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.readers.imagenome import finding_regions_of
 from cxrvlp.tasks.entities import entity_auroc
-from cxrvlp.tasks.grounding import map_iou, peak_point, pointing_game, region_density_map
+from cxrvlp.tasks.grounding import (
+    label_entities,
+    map_iou,
+    peak_point,
+    pointing_game,
+    region_density_map,
+)
 from cxrvlp.tasks.retrieval import chance_recall_at_k, recall_at_k, retrieval_metrics
 
 
@@ -73,16 +79,14 @@ def test_pointing_game_counts_hits_over_present_findings_only():
     left_peak = torch.zeros(4, 4)
     left_peak[2, 3] = 1.0  # the cell at x 48..64: inside the left lung (image right)
 
-    result = pointing_game(
-        lambda image, entity: (left_peak, 16.0), findings, boxes, ["pleural effusion"], 64
-    )
+    result = pointing_game(lambda image, label: (left_peak, 16.0), findings, boxes, 64)
     assert result["pairs"] == 2 and result["pointing_game"] == pytest.approx(0.5)
     assert result["chance"] == pytest.approx(0.5, abs=0.05)
     assert result["per_entity"] == {"pleural effusion": {"hits": 1, "pairs": 2}}
     examples: list = []
     pointing_game(
-        lambda image, entity: (left_peak, 16.0), findings, boxes, ["pleural effusion"], 64,
-        examples, one_per_finding=True,
+        lambda image, label: (left_peak, 16.0), findings, boxes, 64, examples,
+        one_per_finding=True,
     )  # fmt: skip
     assert [(image, finding, hit) for image, finding, _, _, hit in examples] == [
         (0, "pleural effusion", True)
@@ -110,3 +114,21 @@ def test_map_iou_compares_the_cells_above_half_the_peak_with_the_box_cells():
     assert map_iou(heat, 4.0, [box]) == pytest.approx(4 / 8)
     assert map_iou(heat, 4.0, [torch.tensor([16.0, 16.0, 24.0, 24.0])]) == 0.0
     assert map_iou(heat, 4.0, [torch.tensor([0.0, 0.0, 16.0, 8.0])]) == pytest.approx(1.0)
+
+
+def test_a_finding_without_a_map_is_not_scored_and_labels_map_to_the_reports_entities():
+    regions = len(CHEST_IMAGENOME_REGIONS)
+    boxes = torch.zeros(1, regions, 4)
+    boxes[0, :] = torch.tensor([0.0, 0.0, 64.0, 64.0])
+    findings = [{"pleural effusion": {"left lung"}, "normal": {"left lung"}}]
+    heat = torch.ones(4, 4)
+    result = pointing_game(
+        lambda image, label: (heat, 16.0) if label == "pleural effusion" else None,
+        findings, boxes, 64,
+    )  # fmt: skip
+    assert result["pairs"] == 1 and set(result["per_entity"]) == {"pleural effusion"}
+    names = ["pleural effusion", "nodule", "mass", "cardiomegaly"]
+    assert label_entities("lung lesion", names) == [1, 2]
+    assert label_entities("enlarged cardiac silhouette", names) == [3]
+    assert label_entities("pleural effusion", names) == [0]
+    assert label_entities("normal", names) == []

@@ -141,7 +141,12 @@ def grounding_results(
     from tqdm import tqdm
 
     from cxrvlp.recipes.batch import tokenize
-    from cxrvlp.tasks.grounding import itm_attention_map, pointing_game, region_density_map
+    from cxrvlp.tasks.grounding import (
+        itm_attention_map,
+        label_entities,
+        pointing_game,
+        region_density_map,
+    )
 
     model = pretrained.model
     size = model.image_encoder.image_size
@@ -159,21 +164,28 @@ def grounding_results(
         if attention is None:
             continue
 
-        def gk_heat(image: int, entity: int, attention=attention):
+        def gk_heat(image: int, label: str, attention=attention):
+            columns = label_entities(label, encoded.entity_names)
+            if not columns:
+                return None
             if encoded.attends_to == "regions":
-                heat = region_density_map(attention[image, entity], encoded.boxes[image], size, 4)
+                heat = sum(
+                    region_density_map(attention[image, c], encoded.boxes[image], size, 4)
+                    for c in columns
+                )
                 return heat, 4
-            return attention[image, entity].reshape(grid, grid), patch
+            return sum(attention[image, c] for c in columns).reshape(grid, grid), patch
 
         examples: list = []
         results[key] = pointing_game(
-            gk_heat, encoded.finding_regions, encoded.boxes, encoded.entity_names, size,
-            examples, one_per_finding=True,
+            gk_heat, encoded.finding_regions, encoded.boxes, size, examples,
+            one_per_finding=True,
         )  # fmt: skip
         _draw(encoded, examples, what, out, picture)
-    # Cross-attention of the image-report encoder from each present finding's name.
+    # Cross-attention of the image-report encoder from each present finding's label, for the
+    # labels the GK maps score too.
     wanted = sorted({f for regions in encoded.finding_regions for f in regions})
-    wanted = [name for name in wanted if name in encoded.entity_names]
+    wanted = [name for name in wanted if label_entities(name, encoded.entity_names)]
     maps: dict[tuple[int, str], Any] = {}
     max_length = int(pretrained.config.text.max_length)
     for name in tqdm(wanted, desc="cross-attention maps", disable=not progress):
@@ -184,15 +196,14 @@ def grounding_results(
             heat = itm_attention_map(model, encoded.images[chunk], encoded.boxes[chunk], ids, mask)
             for row, image_heat in zip(chunk, heat, strict=True):
                 maps[(row, name)] = image_heat
-    names = encoded.entity_names
     examples = []
     results["itm_cross_attention"] = pointing_game(
-        lambda image, entity: (maps[(image, names[entity])], patch),
+        lambda image, label: (maps[(image, label)], patch) if (image, label) in maps else None,
         encoded.finding_regions,
         encoded.boxes,
-        names,
         size,
         examples,
+        one_per_finding=True,
     )
     _draw(encoded, examples, "image-report cross-attention", out, "grounding_itm.png")
     inference = str(pretrained.config.get("gk", {}).get("inference_prompts", "knowledge_base"))

@@ -18,6 +18,34 @@ from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 
 REGION_INDEX = {name: index for index, name in enumerate(CHEST_IMAGENOME_REGIONS)}
 
+# Chest ImaGenome attribute labels that are not knowledge-base entity names -> the entities a
+# report states them as (a "lung lesion" of the scene graph is a nodule or a mass in the
+# report). A label that is an entity name maps to itself; one in neither is not scored.
+IMAGENOME_LABEL_ENTITIES: dict[str, tuple[str, ...]] = {
+    "lung lesion": ("nodule", "mass", "lung lesion"),
+    "enlarged cardiac silhouette": ("cardiomegaly",),
+    "mediastinal widening": ("enlarged cardiomediastinum",),
+    "rib fracture": ("fracture",),
+    "cardiac pacer and wires": ("pacemaker",),
+    "ij line": ("central venous catheter",),
+    "picc": ("central venous catheter",),
+    "subclavian line": ("central venous catheter",),
+    "swan-ganz catheter": ("central venous catheter",),
+    "pulmonary edema/hazy opacity": ("pulmonary edema",),
+    "costophrenic angle blunting": ("costophrenic blunting",),
+    "hyperaeration": ("hyperinflation",),
+    "linear/patchy atelectasis": ("atelectasis",),
+    "lobar/segmental collapse": ("collapse",),
+    "increased reticular markings/ild pattern": ("interstitial markings",),
+    "calcified nodule": ("calcification", "nodule"),
+}
+
+
+def label_entities(label: str, entity_names: list[str]) -> list[int]:
+    """Columns of ``entity_names`` a Chest ImaGenome finding label stands for (may be none)."""
+    wanted = IMAGENOME_LABEL_ENTITIES.get(label, (label,))
+    return [entity_names.index(name) for name in wanted if name in entity_names]
+
 
 def region_density_map(
     attention: torch.Tensor, boxes: torch.Tensor, size: int, cell: int
@@ -77,33 +105,32 @@ def map_iou(heat: torch.Tensor, cell: float, boxes: list[torch.Tensor]) -> float
 
 
 def pointing_game(
-    heat_of: Callable[[int, int], tuple[torch.Tensor, float]],
+    heat_of: Callable[[int, str], tuple[torch.Tensor, float] | None],
     findings: list[dict[str, set[str]]],
     boxes: torch.Tensor,
-    entity_names: list[str],
     image_size: int,
     examples: list | None = None,
     max_examples: int = 12,
     one_per_finding: bool = False,
 ) -> dict:
-    """Hit rate over (image, present finding) pairs; ``heat_of(i, e)`` gives (map, cell px).
+    """Hit rate over (image, present finding) pairs; ``heat_of(i, label)`` gives (map, cell
+    px), or None for a finding the model has no map of (not scored).
 
     Also the hit rate of a uniformly random point (the share of the image the true regions
     cover), so a figure can be read against chance. The first ``max_examples`` pairs (with
     ``one_per_finding``, the first pair of each finding type) are appended to ``examples`` as
     (image index, finding, heat map, true boxes, hit).
     """
-    entity_index = {name: index for index, name in enumerate(entity_names)}
     hits = pairs = 0
     chance = iou_sum = 0.0
     per_entity: dict[str, list[int]] = {}
     for image, regions_of in enumerate(findings):
         for finding, regions in regions_of.items():
-            column = entity_index.get(finding)
             true_boxes = [boxes[image, REGION_INDEX[r]] for r in regions if r in REGION_INDEX]
-            if column is None or not true_boxes:
+            found = heat_of(image, finding) if true_boxes else None
+            if found is None:
                 continue
-            heat, cell = heat_of(image, column)
+            heat, cell = found
             hit = inside_any(peak_point(heat, cell), true_boxes)
             iou_sum += map_iou(heat, cell, true_boxes)
             shown = one_per_finding and any(example[1] == finding for example in examples or [])
