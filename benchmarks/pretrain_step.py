@@ -1,11 +1,14 @@
 """One GK-MVLP pre-training step (forward, backward, AdamW) for tiny, small and base.
 
 Run: .venv/bin/python benchmarks/pretrain_step.py [--models gkmvlp-tiny,...] [--steps 5]
+     [--no-grounding]
 Each model runs in its own process (so peak memory is its own) on a synthetic batch: random
 images, report-length token sequences, the 29 region boxes of one synthetic scene, entity
-labels. Prints, per model: samples/s (median of the timed steps), peak memory, the median
-time of each component, and achieved GFLOP/s (FLOPs of the step counted by torch's
-FlopCounterMode over its median time) as a fraction of this machine's fp32 matmul peak.
+labels and six knowledge prompts a report (the grounding term's input; ``--no-grounding``
+measures the step without the term too). Prints, per model: samples/s (median of the timed
+steps), peak memory, the median time of each component, and achieved GFLOP/s (FLOPs of the
+step counted by torch's FlopCounterMode over its median time) as a fraction of this machine's
+fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 # Batch per model on a CPU: tiny is the demo's; the paper sizes get a few samples.
 BATCH = {"gkmvlp-tiny": 32, "gkmvlp-small": 8, "gkmvlp-base": 4}
 REPORT_TOKENS = 80
+PROMPTS_PER_REPORT, PROMPT_TOKENS = 6, 14
 COMPONENTS = {
     "image_encoder": "image encoder",
     "text_encoder": "report/prompt encoder",
@@ -60,7 +64,17 @@ def synthetic_batch(model, batch: int, vocab: int) -> dict:
             for name in CHEST_IMAGENOME_REGIONS
         ]
     )
-    entities = len(model.entity_names)
+    entities, regions_count = len(model.entity_names), len(CHEST_IMAGENOME_REGIONS)
+    prompts = batch * PROMPTS_PER_REPORT
+    # Each prompt: its sentence and its bare form, one named region; half of them present.
+    prompt_text = torch.arange(2 * prompts).reshape(batch, PROMPTS_PER_REPORT, 2)
+    named = torch.randint(0, regions_count, (batch, PROMPTS_PER_REPORT), generator=generator)
+    prompt_regions = torch.nn.functional.one_hot(named, regions_count).bool()
+    present = torch.rand(batch, PROMPTS_PER_REPORT, generator=generator) < 0.5
+    finding = torch.randint(0, entities, (batch, PROMPTS_PER_REPORT), generator=generator)
+    entity_regions = torch.zeros(batch, entities, regions_count, dtype=torch.bool)
+    for row, column in present.nonzero().tolist():
+        entity_regions[row, finding[row, column]] |= prompt_regions[row, column]
     ids = torch.randint(5, vocab, (batch, REPORT_TOKENS), generator=generator)
     ids[:, 0] = 2
     return {
@@ -74,10 +88,19 @@ def synthetic_batch(model, batch: int, vocab: int) -> dict:
         "report_key": torch.arange(batch),
         "index": torch.arange(batch),
         "step": 0,
+        "prompt_ids": torch.randint(5, vocab, (2 * prompts, PROMPT_TOKENS), generator=generator),
+        "prompt_mask": torch.ones(2 * prompts, PROMPT_TOKENS, dtype=torch.long),
+        "prompt_text": prompt_text,
+        "prompt_valid": torch.ones(batch, PROMPTS_PER_REPORT, dtype=torch.bool),
+        "prompt_present": present,
+        "prompt_regions": prompt_regions,
+        "entity_regions": entity_regions,
     }
 
 
-def measure(name: str, steps: int, prompt_length: int | None = None) -> dict:
+def measure(
+    name: str, steps: int, prompt_length: int | None = None, grounding: bool = True
+) -> dict:
     import resource
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -88,6 +111,8 @@ def measure(name: str, steps: int, prompt_length: int | None = None) -> dict:
 
     torch.manual_seed(0)
     overrides = {} if prompt_length is None else {"gk": {"prompt_max_length": prompt_length}}
+    if not grounding:
+        overrides["losses"] = {"grounding": 0.0}
     model = create_model(name, **overrides)  # the config's own vocabulary size
     vocab = model.vocab_size
     # Prompts of the real count and length: the 40 entity and 29 position prompts are longer
@@ -152,7 +177,7 @@ def measure(name: str, steps: int, prompt_length: int | None = None) -> dict:
             # Forward calls per step (the text encoder runs for reports and prompts).
             components[COMPONENTS[key]] = sum(values) / calls
     return {
-        "model": name,
+        "model": name + ("" if grounding else " -grounding"),
         "batch": BATCH[name],
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "samples_per_s": BATCH[name] / step_time,
@@ -173,28 +198,36 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-max-length", type=int, help="override gk.prompt_max_length")
+    parser.add_argument("--no-grounding", action="store_true", help="also without the term")
+    parser.add_argument("--without", action="store_true", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure in this process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one, args.steps, args.prompt_max_length)))
+        measured = measure(args.one, args.steps, args.prompt_max_length, not args.without)
+        print(json.dumps(measured))
         return
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.1f} GFLOP/s\n")
     results = []
-    for name in args.models.split(","):
+    variants = [(name, False) for name in args.models.split(",")]
+    if args.no_grounding:
+        variants += [(name, True) for name in args.models.split(",")]
+    for name, without in variants:
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
                    "--threads", str(args.threads)]  # fmt: skip
         if args.prompt_max_length:
             command += ["--prompt-max-length", str(args.prompt_max_length)]
+        if without:
+            command.append("--without")
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
-    print(f"{'model':<14}{'batch':>6}{'params M':>10}{'samples/s':>11}{'step s':>9}"
+    print(f"{'model':<24}{'batch':>6}{'params M':>10}{'samples/s':>11}{'step s':>9}"
           f"{'fwd':>7}{'bwd':>7}{'opt':>7}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'peak RSS GB':>13}")  # fmt: skip
     for r in results:
         print(
-            f"{r['model']:<14}{r['batch']:>6}{r['parameters_m']:>10.1f}{r['samples_per_s']:>11.2f}"
+            f"{r['model']:<24}{r['batch']:>6}{r['parameters_m']:>10.1f}{r['samples_per_s']:>11.2f}"
             f"{r['step_s']:>9.2f}{r['forward_s']:>7.2f}{r['backward_s']:>7.2f}"
             f"{r['optimizer_s']:>7.2f}{r['gflop_per_step']:>12.1f}{r['achieved_gflops']:>9.1f}"
             f"{r['achieved_gflops'] / peak:>9.1%}{r['peak_rss_gb']:>13.2f}"
