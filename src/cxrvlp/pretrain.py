@@ -144,9 +144,7 @@ def pretrain(
     trainer = Trainer(
         model,
         dataset,
-        PretrainCollator(
-            tokenizer, int(config.model.text.max_length), report_prompt_limit(config.model)
-        ),
+        PretrainCollator(tokenizer, int(config.model.text.max_length), report_prompt_limit(model)),
         run_dir,
         train_config,
         first_batch_check=lambda batch: range_check(batch["image"]) if "image" in batch else None,

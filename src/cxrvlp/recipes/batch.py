@@ -51,15 +51,11 @@ def entity_names() -> list[str]:
     return list(load_knowledge_base().names)
 
 
-def report_prompt_limit(model_config: Any) -> int:
-    """Report prompts kept per sample: ``gk.max_report_prompts`` when the grounding term reads
-    them (``losses.grounding`` > 0), else 0: no prompts are built, as no loss would see them."""
-    gk = model_config.get("gk")
-    if not gk or not gk.get("enabled", False) or not gk.get("region_features", True):
-        return 0
-    if float(model_config.get("losses", {}).get("grounding", 0.0)) <= 0:
-        return 0
-    return int(gk.get("max_report_prompts", 12))
+def report_prompt_limit(model: Any) -> int:
+    """Report prompts kept per sample: the model's ``max_report_prompts`` when its grounding
+    term is on (the model turns it off without a GK module on regions), else 0: no prompts
+    are built, as no loss would see them."""
+    return model.max_report_prompts if model.loss_weights["grounding"] > 0 else 0
 
 
 class PretrainCollator:

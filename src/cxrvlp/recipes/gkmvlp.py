@@ -66,6 +66,7 @@ class GKMVLP(nn.Module):
         self.seed = 0
         self.prompt_source = str(cfg.gk.get("prompts", "knowledge_base"))
         self.position_dropout = float(cfg.gk.get("position_dropout", 0.0))
+        self.max_report_prompts = int(cfg.gk.get("max_report_prompts", 12))
         self.ecls_on = str(cfg.losses.get("ecls_on", "z_local"))
         _check_choice("gk.prompts", self.prompt_source, PROMPT_SOURCES)
         _check_choice("losses.ecls_on", self.ecls_on, ECLS_SIDES)
@@ -317,7 +318,7 @@ class GKMVLP(nn.Module):
             )
             # Drawn for every prompt slot of the global batch, then each process keeps its
             # rows: the same prompts lose their position whatever the number of processes.
-            slots = max(int(self.config.gk.get("max_report_prompts", 12)), text.shape[1])
+            slots = max(self.max_report_prompts, text.shape[1])
             draws = torch.rand(global_rows, slots, generator=generator)
             bare = draws[offset : offset + len(text), : text.shape[1]] < self.position_dropout
             chosen = torch.where(bare.to(text.device), text[..., 1], text[..., 0])

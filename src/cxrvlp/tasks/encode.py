@@ -86,7 +86,7 @@ def encode_split(
         if features.grounding is not None:
             values["attention"] = features.grounding.attention
             attends_to = features.grounding.attends_to
-            if findings is not None and features.grounding.keys is not None:
+            if findings is not None:
                 values["finding_attention"] = model.ground_prompts(features.grounding, findings)[1]
         if keep_images:
             values["images"] = batch["image"]
