@@ -284,7 +284,7 @@ def test_grounding_truth_is_the_same_whether_boxes_come_from_imagenome_or_the_de
     bundle = tmp_path / "model"
     assert main(["export", str(trained), "--out", str(bundle)]) == 0
     loaded = cxrvlp.load_pretrained(bundle)
-    boxes, links = read_imagenome(world)
+    boxes, links, _ = read_imagenome(world)
     # The ImaGenome boxes written as `cxrvlp detector annotate` rows.
     annotations = tmp_path / "boxes.jsonl"
     rows = (

@@ -106,8 +106,7 @@ def load_pretrained(model_dir: str | Path, device: str = "cpu", weights: bool = 
     (freshly initialised), tokenizer if any, and preprocessing, as a fine-tuning run keeps them
     (``write_bundle`` without a model)."""
     from cxrvlp.data.transforms import transform_from_config
-    from cxrvlp.models.registry import model_from_config
-    from cxrvlp.recipes.batch import attach_prompts
+    from cxrvlp.models.registry import attach_prompts, model_from_config
     from cxrvlp.text.tokenizer import load_tokenizer
 
     folder = Path(model_dir)

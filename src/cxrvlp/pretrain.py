@@ -23,7 +23,13 @@ from cxrvlp.engine import distributed
 from cxrvlp.engine.checkpoint import LATEST
 from cxrvlp.engine.seeding import seed_everything
 from cxrvlp.engine.train import TrainConfig, Trainer, pick_device
-from cxrvlp.models.registry import apply_overrides, model_config, model_from_config
+from cxrvlp.models.registry import (
+    apply_overrides,
+    attach_prompts,
+    collator,
+    model_config,
+    model_from_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +118,6 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pre-train as ``config`` says into ``run_dir``; returns the run summary."""
     from cxrvlp.data.pretraining import pretraining_dataset
-    from cxrvlp.recipes.batch import PretrainCollator, attach_prompts, report_prompt_limit
 
     train_config = TrainConfig(**OmegaConf.to_container(config.train))
     if train_config.threads:
@@ -144,7 +149,7 @@ def pretrain(
     trainer = Trainer(
         model,
         dataset,
-        PretrainCollator(tokenizer, int(config.model.text.max_length), report_prompt_limit(model)),
+        collator(model, tokenizer),
         run_dir,
         train_config,
         first_batch_check=lambda batch: range_check(batch["image"]) if "image" in batch else None,
@@ -166,7 +171,7 @@ def _load_initial_vit(model: Any, path: str | None) -> None:
     from cxrvlp.engine.checkpoint import read_state_dict
 
     kept = model.image_encoder.load_initial_weights(read_state_dict(Path(path)))
-    log.info("initial ViT weights from %s (%d tensors left at their init)", path, len(kept))
+    log.info("initial image weights from %s (%d tensors left at their init)", path, len(kept))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -22,7 +22,7 @@ from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.errors import DataError, MissingFileError
 from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset, finding_regions_of
 from cxrvlp.data.readers.mimic import MIMICCXRDataset
-from cxrvlp.text.parse import parse_report
+from cxrvlp.text.parse import Triplet, parse_report
 from cxrvlp.text.prompts import prompts_from_triplets
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,12 @@ def pretraining_dataset(
     """MIMIC-CXR pairs of one official split (``train``, ``validate``, ``test``) with boxes
     (``"imagenome"``, a detector JSONL path, or None), ``extra["entities"]``: entity name ->
     existence of the report (the parser's), the source of the ECLS targets, and
-    ``extra["prompts"]``: the report's knowledge prompts (``prompts_from_triplets``). With Chest
-    ImaGenome boxes, ``extra["finding_regions"]`` holds finding -> regions of its scene graph."""
+    ``extra["prompts"]``: the report's knowledge prompts (``prompts_from_triplets``) and
+    ``extra["region_sentences"]["rules"]``: region -> the report sentences the parser reads a
+    finding of that region from (ASG's region-sentence links). With Chest ImaGenome boxes,
+    ``extra["finding_regions"]`` holds finding -> regions of its scene graph, and
+    ``extra["region_sentences"]["imagenome"]`` region -> the phrases the scene graph links it to.
+    """
     root = Path(root)
     mimic_root = root / MIMIC_FOLDER
     if not mimic_root.is_dir():
@@ -57,7 +61,7 @@ def pretraining_dataset(
     dataset = MIMICCXRDataset(mimic_root, split=split, transform=transform, cache=cache)
     if not dataset.records:
         raise DataError(f"{mimic_root} holds no image of split {split!r} with a report")
-    region_boxes, finding_regions = _region_boxes(root, boxes)
+    annotations = _region_boxes(root, boxes)
     parsed: dict[str, dict[str, Any]] = {}
     missing_boxes = 0
     for record in tqdm(dataset.records, desc=f"reports ({split})", unit="image", disable=None):
@@ -67,16 +71,28 @@ def pretraining_dataset(
             parsed[key] = {
                 "entities": report.findings() if report else {},
                 "prompts": prompts_from_triplets(report.triplets) if report else [],
+                "rule_links": sentences_by_region(report.triplets) if report else {},
             }
-        found = region_boxes.get(record.image_id)
+        found = annotations.boxes.get(record.image_id)
         if found is None:
             missing_boxes += 1
             found = np.full((len(CHEST_IMAGENOME_REGIONS), 4), np.nan, np.float32)
         record.boxes = found
         record.box_labels = CHEST_IMAGENOME_REGIONS
-        record.extra = {**record.extra, **parsed[key]}
-        if finding_regions is not None:
-            record.extra["finding_regions"] = finding_regions.get(record.image_id, {})
+        study = parsed[key]
+        links = {"rules": study["rule_links"]}
+        record.extra = {
+            **record.extra,
+            "entities": study["entities"],
+            "prompts": study["prompts"],
+            "region_sentences": links,
+        }
+        if annotations.finding_regions is not None:
+            record.extra["finding_regions"] = annotations.finding_regions.get(record.image_id, {})
+            phrases = annotations.region_phrases.get(record.image_id, {})
+            links["imagenome"] = {
+                region: [phrase for phrase, _ in pairs] for region, pairs in phrases.items()
+            }
     dataset.n_missing_boxes = missing_boxes
     if boxes is not None and missing_boxes:
         log.warning(
@@ -88,34 +104,50 @@ def pretraining_dataset(
     return dataset
 
 
-def _region_boxes(
-    root: Path, boxes: str | Path | None
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, set[str]]] | None]:
-    """image_id -> (29, 4) boxes and, from Chest ImaGenome only, image_id -> finding ->
-    regions the scene graph links it to (what grounding is scored against)."""
+class RegionAnnotations(NamedTuple):
+    """Per image_id: (29, 4) boxes and, from Chest ImaGenome only, finding -> the regions its
+    scene graph links it to (what grounding is scored against) and region -> its
+    (phrase, attributes) pairs."""
+
+    boxes: dict[str, np.ndarray]
+    finding_regions: dict[str, dict[str, set[str]]] | None = None
+    region_phrases: dict[str, dict[str, list[tuple[str, list[str]]]]] | None = None
+
+
+def sentences_by_region(triplets: list[Triplet]) -> dict[str, list[str]]:
+    """Region -> the distinct sentences (in report order) a parsed triplet of it comes from:
+    our rules for ASG's sentence-to-region links, whatever the existence a sentence states."""
+    links: dict[str, list[str]] = {}
+    for triplet in triplets:
+        sentences = links.setdefault(triplet.region, [])
+        if triplet.sentence not in sentences:
+            sentences.append(triplet.sentence)
+    return links
+
+
+def _region_boxes(root: Path, boxes: str | Path | None) -> RegionAnnotations:
     if boxes is None:
-        return {}, None
+        return RegionAnnotations({})
     if str(boxes) == "imagenome":
         return read_imagenome(root)
-    return read_detector_boxes(Path(boxes)), None
+    return RegionAnnotations(read_detector_boxes(Path(boxes)))
 
 
-def read_imagenome(
-    root: str | Path,
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, set[str]]]]:
-    """Every split of ``root/chest-imagenome``: image_id -> (29, 4) boxes and image_id ->
-    finding -> regions its scene graph states it in."""
+def read_imagenome(root: str | Path) -> RegionAnnotations:
+    """Every split of ``root/chest-imagenome``: boxes, finding -> regions and region -> phrases
+    of each image's scene graph."""
     root = Path(root)
-    found: dict[str, np.ndarray] = {}
-    links: dict[str, dict[str, set[str]]] = {}
+    annotations = RegionAnnotations({}, {}, {})
     for split in IMAGENOME_SPLITS:
         reader = ChestImaGenomeDataset(
             root / IMAGENOME_FOLDER, images=root / MIMIC_FOLDER, split=split, labels_only=True
         )
         for record in reader.records:
-            found[record.image_id] = record.boxes
-            links[record.image_id] = finding_regions_of(record.extra["region_phrases"])
-    return found, links
+            phrases = record.extra["region_phrases"]
+            annotations.boxes[record.image_id] = record.boxes
+            annotations.finding_regions[record.image_id] = finding_regions_of(phrases)
+            annotations.region_phrases[record.image_id] = phrases
+    return annotations
 
 
 def read_detector_boxes(path: Path) -> dict[str, np.ndarray]:

@@ -176,14 +176,18 @@ class ResizePad:
     def _move_boxes(
         self, boxes: np.ndarray, forward: np.ndarray, shift: tuple[float, float]
     ) -> np.ndarray:
-        """The axis-aligned box around each moved box's corners, clipped to the image."""
+        """The axis-aligned box around each moved box's corners, clipped to the image; a box
+        the move pushed out of the image (under a pixel wide or high once clipped) becomes a
+        NaN row, a region the image no longer shows."""
         half = self.size / 2.0
         corners = np.stack(
             [boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [0, 3]], boxes[:, [2, 3]]], axis=1
         )
         moved = (corners - half) @ forward.T + np.asarray(shift) + half
-        out = np.concatenate([moved.min(axis=1), moved.max(axis=1)], axis=1)
-        return np.clip(out, 0.0, self.size).astype(np.float32)
+        out = np.clip(np.concatenate([moved.min(axis=1), moved.max(axis=1)], axis=1), 0, self.size)
+        cut_away = (out[:, 2] - out[:, 0] < 1.0) | (out[:, 3] - out[:, 1] < 1.0)
+        out[cut_away] = np.nan
+        return out.astype(np.float32)
 
 
 def transform_from_config(cfg: Mapping[str, Any], *, augment: bool | None = None) -> ResizePad:

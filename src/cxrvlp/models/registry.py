@@ -87,10 +87,37 @@ def create_model(name: str | Path, vocab_size: int | None = None, **overrides: A
     return model_from_config(config, vocab_size=vocab_size)
 
 
-def model_from_config(config: DictConfig, vocab_size: int | None = None):
-    recipe = config.recipe
-    if recipe == "gkmvlp":
-        from cxrvlp.recipes.gkmvlp import GKMVLP
+# Recipe name (a model config's ``recipe``) -> the module that builds it. A recipe module
+# defines ``MODEL`` (the nn.Module class, built as ``MODEL(config, vocab_size=...)``),
+# ``attach_prompts(model, tokenizer)`` (the text the model encodes once: knowledge prompts,
+# tag names) and ``collator(model, tokenizer, training)`` (samples -> its batch contract).
+RECIPES = {
+    "gkmvlp": "cxrvlp.recipes.gkmvlp",
+    "asg": "cxrvlp.recipes.asg",
+}
 
-        return GKMVLP(config, vocab_size=vocab_size)
-    raise ValueError(f"model config names recipe {recipe!r}; this version builds: gkmvlp")
+
+def recipe(name: str) -> Any:
+    """The recipe module of ``name`` (see ``RECIPES``)."""
+    import importlib
+
+    if name not in RECIPES:
+        raise ValueError(
+            f"model config names recipe {name!r}; this version builds: {', '.join(RECIPES)}"
+        )
+    return importlib.import_module(RECIPES[name])
+
+
+def model_from_config(config: DictConfig, vocab_size: int | None = None):
+    return recipe(str(config.recipe)).MODEL(config, vocab_size=vocab_size)
+
+
+def attach_prompts(model: Any, tokenizer: Any) -> None:
+    """Let ``model`` encode the fixed text its recipe needs, with ``tokenizer``."""
+    recipe(str(model.config.recipe)).attach_prompts(model, tokenizer)
+
+
+def collator(model: Any, tokenizer: Any, training: bool = True) -> Any:
+    """The collate function of ``model``'s recipe (``training=False``: what evaluations
+    read, without training-only inputs)."""
+    return recipe(str(model.config.recipe)).collator(model, tokenizer, training)

@@ -77,10 +77,28 @@ class TextEncoder(nn.Module):
                 )
         else:
             self.bert = BertModel(bert_config(cfg, vocab_size), add_pooling_layer=False)
+        kept = cfg.get("pretrained_layers")
+        if folder is not None and kept:
+            # ASG keeps the first 6 layers of its clinical BERT.
+            self.bert.encoder.layer = self.bert.encoder.layer[: int(kept)]
+            self.bert.config.num_hidden_layers = int(kept)
         self.width = self.bert.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def pool_word_pieces(hidden: torch.Tensor, word_ids: torch.Tensor, words: int) -> torch.Tensor:
+    """Word vectors (B, W, D): the sum of each word's word-piece states.
+
+    ``word_ids`` (B, L) gives each token's word index in its text (the tokenizer's
+    ``word_ids()``), -1 for [CLS], [SEP] and padding; ``words`` is W.
+    """
+    # A (B, W, L) membership matrix product rather than scatter_add: the same sums in a
+    # fixed order, so pre-training stays bit-reproducible on the CPU.
+    word_range = torch.arange(words, device=word_ids.device)
+    membership = (word_ids[:, None, :] == word_range[None, :, None]).to(hidden.dtype)
+    return membership @ hidden
 
 
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

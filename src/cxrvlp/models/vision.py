@@ -1,4 +1,5 @@
-"""Image encoder E_I: a timm Vision Transformer returning the CLS token and the patch grid."""
+"""Image encoders: a timm Vision Transformer (E_I of both recipes) or a timm ResNet-50 (ASG's
+R50 variant), each returning its global vector and its patch grid as tokens."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         scale = self.weight / torch.sqrt(variance + self.eps)
         shift = self.bias - mean * scale
         return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+class GlobalBatchNorm1d(GlobalBatchNorm2d):
+    """:class:`GlobalBatchNorm2d` over (B, C) vectors (projection heads)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, None, None])[:, :, 0, 0]
 
 
 def conv_stem(in_chans: int, width: int, stride: int) -> nn.Sequential:
@@ -197,3 +205,61 @@ class ImageEncoder(nn.Module):
                 "is the file a timm VisionTransformer state dict of the same depth and width?"
             )
         return list(result.missing_keys)
+
+
+class ResNetImageEncoder(nn.Module):
+    """timm's ResNet-50 with the interface of :class:`ImageEncoder`: tokens (B, 1 + G*G,
+    2048) are the average-pooled vector followed by the stride-32 feature map, so the tasks
+    that read a patch grid (localisation, grounding maps) take either encoder."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        import timm
+
+        self.image_size = int(cfg["image_size"])
+        self.patch_size = 32
+        if self.image_size % self.patch_size:
+            raise ValueError(f"ResNet-50 needs image_size a multiple of 32, not {self.image_size}")
+        self.grid = self.image_size // self.patch_size
+        self.resnet = timm.create_model(
+            "resnet50", pretrained=False, in_chans=int(cfg["channels"]), num_classes=0,
+            global_pool="",
+        )  # fmt: skip
+        self.width = int(self.resnet.num_features)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.resnet.forward_features(images)
+        pooled = grid.mean(dim=(2, 3))
+        return torch.cat([pooled[:, None], grid.flatten(2).transpose(1, 2)], dim=1), pooled
+
+    def patch_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, 1:]
+        return patches.transpose(1, 2).reshape(len(tokens), self.width, self.grid, self.grid)
+
+    def load_initial_weights(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
+        """Load timm/torchvision ResNet-50 weights; a 3-channel first convolution is summed
+        into this one's channels. Returns the keys kept at their initial values."""
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        weight = state_dict.get("conv1.weight")
+        channels = self.resnet.conv1.weight.shape[1]
+        if weight is not None and weight.shape[1] != channels:
+            summed = weight.sum(dim=1, keepdim=True)
+            state_dict["conv1.weight"] = summed.expand(-1, channels, -1, -1) / channels
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        result = self.resnet.load_state_dict(state_dict, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(
+                f"initial ResNet weights hold keys a ResNet-50 lacks: {result.unexpected_keys[:10]}"
+            )
+        return list(result.missing_keys)
+
+
+IMAGE_ARCHITECTURES = {"vit": ImageEncoder, "resnet50": ResNetImageEncoder}
+
+
+def image_encoder_from_config(cfg: Mapping[str, Any]) -> ImageEncoder | ResNetImageEncoder:
+    """The image encoder ``image.arch`` names: ``vit`` (default) or ``resnet50``."""
+    arch = str(cfg.get("arch", "vit"))
+    if arch not in IMAGE_ARCHITECTURES:
+        raise ValueError(f"image.arch must be one of {sorted(IMAGE_ARCHITECTURES)}, got {arch!r}")
+    return IMAGE_ARCHITECTURES[arch](cfg)

@@ -43,7 +43,8 @@ from cxrvlp.losses import (
 from cxrvlp.models.grounding import GroundedKnowledge
 from cxrvlp.models.outputs import GroundingOutput, ImageFeatures, PretrainOutput
 from cxrvlp.models.text import ImageReportEncoder, ReportDecoder, TextEncoder
-from cxrvlp.models.vision import ImageEncoder
+from cxrvlp.models.vision import image_encoder_from_config
+from cxrvlp.recipes import batch as gkmvlp_batch
 
 LOSS_NAMES = ("itc", "itm", "lm", "ecls", "grounding")
 PROMPT_SOURCES = ("knowledge_base", "report")
@@ -75,7 +76,7 @@ class GKMVLP(nn.Module):
             # the module or without region features have nothing it could train.
             self.loss_weights["grounding"] = 0.0
 
-        self.image_encoder = ImageEncoder(cfg.image)
+        self.image_encoder = image_encoder_from_config(cfg.image)
         self.text_encoder = TextEncoder(cfg.text, vocab_size)
         # The entity and knowledge encoders: the report encoder itself, or a tower of their own.
         self.own_knowledge_encoder = (
@@ -426,6 +427,19 @@ class GKMVLP(nn.Module):
         logits = self.itm_logits(text_batch[keep], mask_batch[keep], image_batch[keep])
         total = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
         return distributed.global_mean(total, int(keep.sum()))
+
+
+MODEL = GKMVLP
+
+
+def attach_prompts(model: GKMVLP, tokenizer: Any) -> None:
+    gkmvlp_batch.attach_prompts(model, tokenizer)
+
+
+def collator(model: GKMVLP, tokenizer: Any, training: bool = True) -> gkmvlp_batch.PretrainCollator:
+    """GK-MVLP's batches; evaluations (``training=False``) need no report prompts."""
+    limit = gkmvlp_batch.report_prompt_limit(model) if training else 0
+    return gkmvlp_batch.PretrainCollator(tokenizer, int(model.config.text.max_length), limit)
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from cxrvlp.data.pretraining import pretraining_dataset
 from cxrvlp.export import Pretrained
-from cxrvlp.recipes.batch import PretrainCollator, tokenize
+from cxrvlp.models.registry import collator
+from cxrvlp.recipes.batch import tokenize
 from cxrvlp.text.prompts import knowledge_prompt
 
 
@@ -56,8 +57,7 @@ def encode_split(
         regions_by_image = {r.image_id: r.extra["finding_regions"] for r in dataset.records}
     else:
         regions_by_image = _imagenome_findings(root)
-    max_length = int(pretrained.config.text.max_length)
-    collate = PretrainCollator(pretrained.tokenizer, max_length)
+    collate = collator(model, pretrained.tokenizer, training=False)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     device = next(model.parameters()).device
     entities, positions = model.prompt_embeddings()

@@ -124,8 +124,7 @@ def random_backbone(model_name: str, tokenizer_dir: Path | None, texts: list[str
     """A freshly initialised model of ``model_name`` with a tokenizer: ``tokenizer_dir``, or a
     WordPiece vocabulary trained on ``texts`` (the task's training texts), or none."""
     from cxrvlp.data.transforms import transform_from_config
-    from cxrvlp.models.registry import create_model
-    from cxrvlp.recipes.batch import attach_prompts
+    from cxrvlp.models.registry import attach_prompts, create_model
     from cxrvlp.text.tokenizer import load_tokenizer, train_wordpiece
 
     tokenizer = None
