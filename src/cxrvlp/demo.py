@@ -42,12 +42,14 @@ model-*/ bundles, evaluate/ and finetune/ runs, results.json, report.md and repo
 Settings (key=value overrides) are in demo.yaml of OUT.
 """
 
-# Pre-training of each starting model: extra overrides of the GK-MVLP config.
+# Pre-training of each starting model: its registered config and overrides.
 RECIPES = {
-    "gkmvlp": [],
+    "gkmvlp": ("gkmvlp-tiny", []),
     # Same encoders, contrastive loss alone: what the knowledge and grounding add.
-    "itc": ["model.losses.itm=0", "model.losses.lm=0", "model.losses.ecls=0",
-            "model.gk.enabled=false"],
+    "itc": ("gkmvlp-tiny", ["model.losses.itm=0", "model.losses.lm=0", "model.losses.ecls=0",
+                            "model.gk.enabled=false"]),
+    # ASG on the same encoders: IRA, ARSA, IRL and ERL.
+    "asg": ("asg-tiny", []),
 }  # fmt: skip
 # The quick demo fits the 15 minutes a newcomer waits: a smaller world, a shorter detector and
 # pre-training, GK-MVLP against random init. The full demo is the 81-run protocol's world.
@@ -250,9 +252,10 @@ class Demo:
             f"train.max_minutes={'null' if p.max_minutes is None else p.max_minutes}",
             f"train.threads={self.config.threads}",
             f"train.checkpoint_every={p.max_steps}",
-            *RECIPES[name],
         ]
-        config = build_config("gkmvlp-tiny", p.config, overrides, self.world, int(p.max_steps))
+        model_name, recipe_overrides = RECIPES[name]
+        overrides += recipe_overrides
+        config = build_config(model_name, p.config, overrides, self.world, int(p.max_steps))
         resume = LATEST if (run / "checkpoints").is_dir() else None
         pretrain(config, run, resume=resume)
         export(run, self.models[name])
@@ -280,8 +283,8 @@ class Demo:
         return [
             f"Synthetic world of {w.studies} MIMIC-CXR studies (seed {w.seed}, {w.image_size} px); "
             f"{', '.join(MODEL_NAMES.get(m, m) for m in self.models)} pre-trained "
-            f"{p.max_steps} steps of batch {p.batch_size} (gkmvlp-tiny). Step times this call: "
-            f"{steps or 'every step was done already'}."
+            f"{p.max_steps} steps of batch {p.batch_size} (gkmvlp-tiny, asg-tiny). Step times "
+            f"this call: {steps or 'every step was done already'}."
         ]
 
     def next_command(self, document: dict[str, Any]) -> str:

@@ -43,7 +43,8 @@ ALL_MODELS = "all"
 SEED_SUFFIX = "-seed"  # run name ending of every seed but 0 (seed 0 keeps the plain name)
 PRETRAINING_DATA = "pretraining"  # the data file's key of the pre-training root
 FINETUNE_TASKS = ("classification", "localization", "generation", "vqa")
-# Tasks whose model runs the GK module on region boxes (the data file's `boxes`).
+# Tasks whose model runs the GK module on region boxes (the data file's `boxes`): GK-MVLP's
+# image-report encoder and report decoder, which an ASG model does not have.
 REGION_BOX_TASKS = ("generation", "vqa")
 # Measured seconds of a run on the 2-core CPU with gkmvlp-tiny (set-up and scoring, then per
 # training step at the task's batch size): only for --dry-run and the ETA, never a limit.
@@ -51,6 +52,7 @@ SECONDS = {
     "retrieval": (15, 0.0),
     "grounding": (30, 0.0),
     "entities": (15, 0.0),
+    "tags": (15, 0.0),
     "zero-shot": (10, 0.0),
     "classification": (15, 0.25),
     "localization": (20, 0.45),

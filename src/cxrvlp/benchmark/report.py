@@ -20,7 +20,7 @@ from cxrvlp.benchmark.protocol import RANDOM_INIT
 from cxrvlp.tasks.evaluation import EVALUATIONS
 
 # How tables name the starting models the demo and the protocols use; other names as given.
-MODEL_NAMES = {RANDOM_INIT: "random init", "gkmvlp": "GK-MVLP", "itc": "ITC-only"}
+MODEL_NAMES = {RANDOM_INIT: "random init", "gkmvlp": "GK-MVLP", "itc": "ITC-only", "asg": "ASG"}
 # Two means closer than this are reported as level: the tables print three decimals.
 LEVEL = 5e-4
 

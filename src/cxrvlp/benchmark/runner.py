@@ -85,18 +85,27 @@ def skip_reason(setup: Setup, run: Run) -> str | None:
         return f"the data file names no {run.dataset!r}"
     if run.model != RANDOM_INIT and run.model not in setup.bundles:
         return f"no bundle for model {run.model!r} (pass --models {run.model}=BUNDLE)"
-    if run.task == "entities" and not _has_entity_scores(setup.bundles[run.model]):
-        return f"{run.model} was pre-trained without ECLS: it has no entity scores"
+    config = _bundle_config(setup.bundles.get(run.model))
+    recipe = str(config.get("recipe", "gkmvlp")) if config is not None else None
+    no_ecls = recipe != "gkmvlp" or float(config.losses.get("ecls", 0)) <= 0
+    if run.task == "entities" and config is not None and no_ecls:
+        return f"{run.model} has no ECLS head: it has no entity scores"
+    if run.task == "tags" and recipe not in (None, "asg"):
+        return f"{run.model} has no image-tag decoder (ASG's IRL)"
+    if run.task in REGION_BOX_TASKS and recipe not in (None, "gkmvlp"):
+        return f"a {recipe} model has no image-report encoder and report decoder for {run.task}"
     return None
 
 
-def _has_entity_scores(bundle: Path) -> bool:
+
+def _bundle_config(bundle: Path | None) -> Any:
+    """The bundle's model config, or None (random init, or an incomplete bundle: the run will
+    fail and say so)."""
     from cxrvlp.export import MODEL_CONFIG_FILE
 
-    config_path = Path(bundle) / MODEL_CONFIG_FILE
-    if not config_path.is_file():
-        return True  # the run will fail and say that the bundle is incomplete
-    return float(OmegaConf.load(config_path).losses.get("ecls", 0)) > 0
+    if bundle is None or not (Path(bundle) / MODEL_CONFIG_FILE).is_file():
+        return None
+    return OmegaConf.load(Path(bundle) / MODEL_CONFIG_FILE)
 
 
 def plan(setup: Setup, protocol: Protocol) -> Plan:

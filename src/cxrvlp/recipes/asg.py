@@ -197,6 +197,19 @@ class ASG(nn.Module):
         mean = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return F.normalize(mean, dim=-1)
 
+    def sentence_maps(
+        self, vit_tokens: torch.Tensor, boxes: torch.Tensor, sentences: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each of ``sentences`` ((E, D), :meth:`sentence_embeddings`) sits in each image:
+        cosine similarity to the image's regions (B, E, R) and to its patches (B, E, G*G)."""
+        patch_map = self.patch_embeddings(vit_tokens)
+        regions = F.normalize(self.region_embeddings(patch_map, boxes), dim=-1)
+        patches = F.normalize(patch_map.flatten(2).transpose(1, 2), dim=-1)
+        return (
+            torch.einsum("brd,ed->ber", regions, sentences),
+            torch.einsum("bpd,ed->bep", patches, sentences),
+        )
+
     def tag_logits(self, vit_tokens: torch.Tensor) -> torch.Tensor:
         """(B, 40) IRL tag logits from the raw patch tokens."""
         return self.tag_decoder(vit_tokens[:, 1:])

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from cxrvlp.data.pretraining import pretraining_dataset
 from cxrvlp.export import Pretrained
 from cxrvlp.models.registry import collator
+from cxrvlp.recipes.batch import entity_names as knowledge_base_entities
 from cxrvlp.recipes.batch import tokenize
 from cxrvlp.text.prompts import knowledge_prompt
 
@@ -38,6 +39,14 @@ class EncodedSplit:
     images: torch.Tensor | None = None  # (N, C, S, S), kept only when asked
     # (N, E, R) GK attention of the finding prompts "<entity>: present" (region keys only)
     finding_attention: torch.Tensor | None = None
+    # ASG: cosine of the finding prompts' sentence embeddings to each region (N, E, R) and
+    # each patch (N, E, G*G); IRL tag logits (N, 40) and the report's tags
+    region_sentence: torch.Tensor | None = None
+    patch_sentence: torch.Tensor | None = None
+    tag_scores: torch.Tensor | None = None
+    tag_targets: torch.Tensor | None = None
+    tag_valid: torch.Tensor | None = None
+    tag_names: list[str] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -62,6 +71,7 @@ def encode_split(
     device = next(model.parameters()).device
     entities, positions = model.prompt_embeddings()
     findings = _finding_prompt_embeddings(pretrained)
+    sentences = _finding_sentence_embeddings(pretrained)
     parts: dict[str, list[torch.Tensor]] = {}
     image_ids: list[str] = []
     attends_to = ""
@@ -88,6 +98,12 @@ def encode_split(
             attends_to = features.grounding.attends_to
             if findings is not None:
                 values["finding_attention"] = model.ground_prompts(features.grounding, findings)[1]
+        if sentences is not None:
+            values["region_sentence"], values["patch_sentence"] = model.sentence_maps(
+                features.vit_tokens, batch_boxes, sentences
+            )
+            values["tag_scores"] = model.tag_logits(features.vit_tokens)
+            values["tag_targets"], values["tag_valid"] = batch["tag_targets"], batch["tag_valid"]
         if keep_images:
             values["images"] = batch["image"]
         for key, value in values.items():
@@ -99,7 +115,7 @@ def encode_split(
         study_keys=stacked["study_keys"],
         image_embeddings=stacked["image_embeddings"],
         text_embeddings=stacked["text_embeddings"],
-        entity_names=list(model.entity_names),
+        entity_names=list(model.entity_names or knowledge_base_entities()),
         entity_scores=stacked.get("entity_scores"),
         entity_targets=stacked["entity_targets"],
         entity_valid=stacked["entity_valid"],
@@ -109,6 +125,12 @@ def encode_split(
         finding_regions=[regions_by_image.get(image_id, {}) for image_id in image_ids],
         images=stacked.get("images"),
         finding_attention=stacked.get("finding_attention"),
+        region_sentence=stacked.get("region_sentence"),
+        patch_sentence=stacked.get("patch_sentence"),
+        tag_scores=stacked.get("tag_scores"),
+        tag_targets=stacked.get("tag_targets"),
+        tag_valid=stacked.get("tag_valid"),
+        tag_names=list(getattr(model, "tag_names", [])),
         **_world_truth(root, image_ids),
     )
 
@@ -124,6 +146,17 @@ def _finding_prompt_embeddings(pretrained: Pretrained) -> torch.Tensor | None:
     ids, mask = tokenize(pretrained.tokenizer, texts, int(pretrained.config.text.max_length))
     device = next(model.parameters()).device
     return model.encode_prompts(ids.to(device), mask.to(device))
+
+
+def _finding_sentence_embeddings(pretrained: Pretrained) -> torch.Tensor | None:
+    """ASG's sentence embeddings of "<entity>: present" for every knowledge-base entity (the
+    same texts GK-MVLP's finding prompts are), or None for a model without them."""
+    model = pretrained.model
+    if not hasattr(model, "sentence_maps"):
+        return None
+    texts = [knowledge_prompt(name, None, "present") for name in knowledge_base_entities()]
+    ids, mask = text_queries(pretrained, texts)
+    return model.sentence_embeddings(ids, mask)
 
 
 def _world_truth(root: str, image_ids: list[str]) -> dict:

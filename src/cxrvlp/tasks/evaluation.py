@@ -36,6 +36,7 @@ EVALUATIONS = {
     "entities": EvaluationInfo(
         "Entity presence (ECLS)", "pretraining", (("auroc_macro", "AUROC"),)
     ),
+    "tags": EvaluationInfo("Image tags (ASG's IRL)", "pretraining", (("auroc_macro", "AUROC"),)),
     ZERO_SHOT: EvaluationInfo(
         "Zero-shot classification",
         "dataset",
@@ -125,6 +126,14 @@ def evaluate(
                 encoded.entity_scores[:, columns], truth, torch.ones_like(truth, dtype=torch.bool),
                 names,
             )  # fmt: skip
+    elif task == "tags":
+        from cxrvlp.tasks.entities import entity_auroc
+
+        if encoded.tag_scores is None:
+            raise ValueError(f"{pretrained_dir} has no image-tag decoder (an ASG model has)")
+        results |= entity_auroc(
+            encoded.tag_scores, encoded.tag_targets, encoded.tag_valid, encoded.tag_names
+        )
     else:
         from cxrvlp.tasks.prompt_leakage import prompt_leakage
 
@@ -138,15 +147,7 @@ def evaluate(
 def grounding_results(
     pretrained, encoded, batch_size: int, progress: bool, out: Path | None = None
 ) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from cxrvlp.recipes.batch import tokenize
-    from cxrvlp.tasks.grounding import (
-        itm_attention_map,
-        label_entities,
-        pointing_game,
-        region_density_map,
-    )
+    from cxrvlp.tasks.grounding import label_entities, pointing_game, region_density_map
 
     model = pretrained.model
     size = model.image_encoder.image_size
@@ -182,8 +183,75 @@ def grounding_results(
             one_per_finding=True,
         )  # fmt: skip
         _draw(encoded, examples, what, out, picture)
-    # Cross-attention of the image-report encoder from each present finding's label, for the
-    # labels the GK maps score too.
+    if encoded.region_sentence is not None:
+        results |= _sentence_map_results(encoded, size, patch, grid, out)
+    if getattr(model, "image_report_encoder", None) is not None:
+        results |= _cross_attention_results(pretrained, encoded, batch_size, progress, out)
+    inference = str(pretrained.config.get("gk", {}).get("inference_prompts", "knowledge_base"))
+    preferred = "gk_finding_prompts" if inference == "finding" else "gk_attention"
+    order = (preferred, "gk_attention", "asg_region_sentence", "itm_cross_attention")
+    results["primary_map"] = next(key for key in order if key in results)
+    primary = results[results["primary_map"]]
+    results["pointing_game"] = primary["pointing_game"]
+    results["iou"] = primary.get("iou")
+    return results
+
+
+# Region-sentence scores become a distribution over the image's regions at ASG's temperature
+# before they are spread over the boxes, as GK attention is.
+SENTENCE_MAP_TEMPERATURE = 0.07
+
+
+def _sentence_map_results(encoded, size: int, patch: int, grid: int, out: Path | None) -> dict:
+    """ASG's maps of each finding prompt's sentence embedding: its region similarities
+    (softmax over the image's regions, spread over their boxes) and its patch similarities."""
+    import torch
+
+    from cxrvlp.tasks.grounding import label_entities, pointing_game, region_density_map
+
+    found = torch.isfinite(encoded.boxes).all(dim=-1)
+
+    def region_heat(image: int, label: str):
+        columns = label_entities(label, encoded.entity_names)
+        if not columns:
+            return None
+        scores = encoded.region_sentence[image, columns] / SENTENCE_MAP_TEMPERATURE
+        weights = scores.masked_fill(~found[image], float("-inf")).softmax(dim=-1).sum(dim=0)
+        return region_density_map(weights, encoded.boxes[image], size, 4), 4
+
+    def patch_heat(image: int, label: str):
+        columns = label_entities(label, encoded.entity_names)
+        if not columns:
+            return None
+        return encoded.patch_sentence[image, columns].amax(dim=0).reshape(grid, grid), patch
+
+    results = {}
+    maps = {
+        "asg_region_sentence": (region_heat, "ASG region-sentence similarity",
+                                "grounding_asg_regions.png"),
+        "asg_patch_sentence": (patch_heat, "ASG patch-sentence similarity",
+                               "grounding_asg_patches.png"),
+    }  # fmt: skip
+    for key, (heat_of, what, picture) in maps.items():
+        examples: list = []
+        results[key] = pointing_game(
+            heat_of, encoded.finding_regions, encoded.boxes, size, examples, one_per_finding=True
+        )
+        _draw(encoded, examples, what, out, picture)
+    return results
+
+
+def _cross_attention_results(pretrained, encoded, batch_size: int, progress: bool, out) -> dict:
+    """The image-report encoder's cross-attention from each present finding's label, for the
+    labels the GK maps score too."""
+    from tqdm import tqdm
+
+    from cxrvlp.recipes.batch import tokenize
+    from cxrvlp.tasks.grounding import itm_attention_map, label_entities, pointing_game
+
+    model = pretrained.model
+    size = model.image_encoder.image_size
+    patch = model.image_encoder.patch_size
     wanted = sorted({f for regions in encoded.finding_regions for f in regions})
     wanted = [name for name in wanted if label_entities(name, encoded.entity_names)]
     maps: dict[tuple[int, str], Any] = {}
@@ -196,8 +264,8 @@ def grounding_results(
             heat = itm_attention_map(model, encoded.images[chunk], encoded.boxes[chunk], ids, mask)
             for row, image_heat in zip(chunk, heat, strict=True):
                 maps[(row, name)] = image_heat
-    examples = []
-    results["itm_cross_attention"] = pointing_game(
+    examples: list = []
+    result = pointing_game(
         lambda image, label: (maps[(image, label)], patch) if (image, label) in maps else None,
         encoded.finding_regions,
         encoded.boxes,
@@ -206,15 +274,7 @@ def grounding_results(
         one_per_finding=True,
     )
     _draw(encoded, examples, "image-report cross-attention", out, "grounding_itm.png")
-    inference = str(pretrained.config.get("gk", {}).get("inference_prompts", "knowledge_base"))
-    preferred = "gk_finding_prompts" if inference == "finding" else "gk_attention"
-    results["primary_map"] = next(
-        key for key in (preferred, "gk_attention", "itm_cross_attention") if key in results
-    )
-    primary = results[results["primary_map"]]
-    results["pointing_game"] = primary["pointing_game"]
-    results["iou"] = primary.get("iou")
-    return results
+    return {"itm_cross_attention": result}
 
 
 def _draw(encoded, examples: list, what: str, out: Path | None, name: str) -> None:

@@ -148,6 +148,18 @@ def random_backbone(model_name: str, tokenizer_dir: Path | None, texts: list[str
     )
 
 
+def check_backbone_serves(task: Any, model_config: Any) -> None:
+    """A task whose model runs the report towers that attend to the image (generation, VQA)
+    cannot start from a recipe without them (ASG: two encoders): say so before any work."""
+    recipe = str(model_config.recipe)
+    if task.uses_region_boxes and recipe != "gkmvlp":
+        raise ValueError(
+            f"{task.name} needs an image-report encoder and a report decoder; a {recipe} model "
+            "has image and report encoders only. Fine-tune a GK-MVLP bundle for it; a "
+            f"{recipe} bundle serves classification, localization, zero-shot and retrieval."
+        )
+
+
 # ---- data ---------------------------------------------------------------------------------
 def open_split(ctx: TaskContext, task: Any, split: str, train: bool) -> Any:
     """The reader of ``ctx.dataset`` for ``split``: training transform and label fraction for
@@ -305,6 +317,7 @@ def finetune(
         backbone = random_backbone(model_name, tokenizer, texts)
     else:
         backbone = load_pretrained(pretrained)
+    check_backbone_serves(task, backbone.config)
     defaults = dict(task.train_defaults)
     ctx = TaskContext(
         task=task_name,

@@ -30,6 +30,8 @@ def prompt_leakage(
     """Mean losses over ``split`` with the paired prompts and with the prompts of the report
     half a batch away; None for a model whose losses read no report prompts."""
     model = pretrained.model
+    if model.gk is None:
+        return None
     limit = report_prompt_limit(model)
     if limit == 0 or model.prompt_source != "report":
         return None
