@@ -169,7 +169,7 @@ class ASG(nn.Module):
         safe = torch.where(finite, boxes, torch.zeros_like(boxes))
         pooled = roi_align(
             patch_map,
-            list(safe.float()),
+            list(safe.to(patch_map.dtype)),
             output_size=1,
             spatial_scale=self.image_encoder.grid / self.image_encoder.image_size,
             sampling_ratio=2,

@@ -154,9 +154,10 @@ def check_backbone_serves(task: Any, model_config: Any) -> None:
     recipe = str(model_config.recipe)
     if task.uses_region_boxes and recipe != "gkmvlp":
         raise ValueError(
-            f"{task.name} needs an image-report encoder and a report decoder; a {recipe} model "
-            "has image and report encoders only. Fine-tune a GK-MVLP bundle for it; a "
-            f"{recipe} bundle serves classification, localization, zero-shot and retrieval."
+            f"{task.name} needs an image-report encoder and a report decoder, which the "
+            f"{recipe!r} recipe does not build (its bundles have image and report encoders: "
+            "classification, localization, zero-shot and retrieval take them). Fine-tune a "
+            "GK-MVLP bundle for it."
         )
 
 
