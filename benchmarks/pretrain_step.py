@@ -1,14 +1,17 @@
-"""One GK-MVLP pre-training step (forward, backward, AdamW) for tiny, small and base.
+"""One pre-training step (forward, backward, AdamW) of GK-MVLP (tiny, small, base) and ASG
+(tiny, ViT-B/16, ResNet-50), side by side.
 
-Run: .venv/bin/python benchmarks/pretrain_step.py [--models gkmvlp-tiny,...] [--steps 5]
-     [--no-grounding]
-Each model runs in its own process (so peak memory is its own) on a synthetic batch: random
-images, report-length token sequences, the 29 region boxes of one synthetic scene, entity
-labels and six knowledge prompts a report (the grounding term's input; ``--no-grounding``
-measures the step without the term too). Prints, per model: samples/s (median of the timed
-steps), peak memory, the median time of each component, and achieved GFLOP/s (FLOPs of the
-step counted by torch's FlopCounterMode over its median time) as a fraction of this machine's
-fp32 matmul peak.
+Run: .venv/bin/python benchmarks/pretrain_step.py [--models gkmvlp-tiny,asg-tiny,...]
+     [--steps 5] [--no-grounding]
+Each model runs in its own process (so peak memory is its own) on a synthetic batch of its
+recipe: random images, report-length token sequences and the 29 region boxes of one synthetic
+scene; for GK-MVLP also entity labels and six knowledge prompts a report (the grounding term's
+input; ``--no-grounding`` measures its models without the term too, and
+``--prompt-max-length`` cuts its prompts); for ASG each token's word, about eight regions a
+report linked to a sentence of its words, and the 40 tags. Prints, per model: samples/s
+(median of the timed steps), peak memory, the median time of each component, and achieved
+GFLOP/s (FLOPs of the step counted by torch's FlopCounterMode over its median time) as a
+fraction of this machine's fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -24,15 +27,33 @@ from collections import defaultdict
 import torch
 
 # Batch per model on a CPU: tiny is the demo's; the paper sizes get a few samples.
-BATCH = {"gkmvlp-tiny": 32, "gkmvlp-small": 8, "gkmvlp-base": 4}
+BATCH = {
+    "gkmvlp-tiny": 32,
+    "asg-tiny": 32,
+    "gkmvlp-small": 8,
+    "gkmvlp-base": 4,
+    "asg-vit-b16": 4,
+    "asg-r50": 4,
+}
+DEFAULT_MODELS = "gkmvlp-tiny,asg-tiny,gkmvlp-small,gkmvlp-base,asg-vit-b16,asg-r50"
 REPORT_TOKENS = 80
 PROMPTS_PER_REPORT, PROMPT_TOKENS = 6, 14
+# ASG: a word is one word piece, or two with this chance (the 78 tokens between [CLS] and
+# [SEP] hold about 60 words); a report links this many regions each to a span of its words.
+TWO_PIECE_WORDS = 0.3
+LINKED_REGIONS, LINKED_WORDS = 8, 10
+TAG_TOKENS = 8
+# Module attribute -> its label; a model without the attribute skips it, and attributes of
+# one label add up.
 COMPONENTS = {
     "image_encoder": "image encoder",
     "text_encoder": "report/prompt encoder",
     "gk": "GK module",
     "image_report_encoder": "image-report encoder (ITM)",
     "decoder": "decoder (LM)",
+    "tag_decoder": "image-tag decoder (IRL)",
+    "image_global": "global heads",
+    "text_global": "global heads",
 }
 
 
@@ -48,22 +69,29 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / min(times) / 1e9
 
 
-def synthetic_batch(model, batch: int, vocab: int) -> dict:
+def scene_boxes(size: int) -> torch.Tensor:
+    """(29, 4) the region boxes of one synthetic scene of ``size`` pixels."""
     import numpy as np
 
     from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
     from cxrvlp.synth.anatomy import sample_anatomy
 
-    generator = torch.Generator().manual_seed(0)
-    size = model.image_encoder.image_size
     anatomy = sample_anatomy(np.random.default_rng(0), size, size, "PA", "M")
     regions = anatomy.region_boxes()
-    boxes = torch.tensor(
+    return torch.tensor(
         [
             [regions[name].x1, regions[name].y1, regions[name].x2, regions[name].y2]
             for name in CHEST_IMAGENOME_REGIONS
         ]
     )
+
+
+def gkmvlp_batch(model, batch: int, vocab: int) -> dict:
+    from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+
+    generator = torch.Generator().manual_seed(0)
+    size = model.image_encoder.image_size
+    boxes = scene_boxes(size)
     entities, regions_count = len(model.entity_names), len(CHEST_IMAGENOME_REGIONS)
     prompts = batch * PROMPTS_PER_REPORT
     # Each prompt: its sentence and its bare form, one named region; half of them present.
@@ -98,18 +126,47 @@ def synthetic_batch(model, batch: int, vocab: int) -> dict:
     }
 
 
-def measure(
-    name: str, steps: int, prompt_length: int | None = None, grounding: bool = True
-) -> dict:
-    import resource
+def asg_batch(model, batch: int, vocab: int) -> dict:
+    """ASG's batch contract (see ``cxrvlp.recipes.asg``) on reports that fill REPORT_TOKENS."""
+    from cxrvlp.constants import ASG_TAGS, CHEST_IMAGENOME_REGIONS
 
-    from torch.utils.flop_counter import FlopCounterMode
+    generator = torch.Generator().manual_seed(0)
+    size = model.image_encoder.image_size
+    inner = REPORT_TOKENS - 2  # between [CLS] and [SEP]
+    word_ids = torch.full((batch, REPORT_TOKENS), -1)
+    for row in range(batch):
+        pieces = 1 + (torch.rand(inner, generator=generator) < TWO_PIECE_WORDS).long()
+        word_ids[row, 1:-1] = torch.arange(inner).repeat_interleave(pieces)[:inner]
+    words = int(word_ids.max()) + 1
+    region_words = torch.zeros(batch, len(CHEST_IMAGENOME_REGIONS), words, dtype=torch.bool)
+    for row in range(batch):
+        last_start = int(word_ids[row].max()) + 1 - LINKED_WORDS
+        linked = torch.randperm(len(CHEST_IMAGENOME_REGIONS), generator=generator)
+        for region in linked[:LINKED_REGIONS].tolist():
+            start = int(torch.randint(0, last_start + 1, (1,), generator=generator))
+            region_words[row, region, start : start + LINKED_WORDS] = True
+    ids = torch.randint(5, vocab, (batch, REPORT_TOKENS), generator=generator)
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS], [SEP]
+    tags = len(ASG_TAGS)
+    return {
+        "image": torch.randn(batch, 1, size, size, generator=generator),
+        "boxes": scene_boxes(size)[None].expand(batch, -1, -1).clone(),
+        "input_ids": ids,
+        "attention_mask": torch.ones(batch, REPORT_TOKENS, dtype=torch.long),
+        "word_ids": word_ids,
+        "region_words": region_words,
+        "tag_targets": (torch.rand(batch, tags, generator=generator) < 0.1).float(),
+        "tag_valid": torch.ones(batch, tags, dtype=torch.bool),
+        "study_key": torch.arange(batch),
+    }
 
+
+def prepared_gkmvlp(name: str, prompt_length: int | None, grounding: bool):
+    """The GK-MVLP model with its knowledge prompts set, and its batch."""
     from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
     from cxrvlp.models.registry import create_model
     from cxrvlp.recipes.batch import entity_names
 
-    torch.manual_seed(0)
     overrides = {} if prompt_length is None else {"gk": {"prompt_max_length": prompt_length}}
     if not grounding:
         overrides["losses"] = {"grounding": 0.0}
@@ -127,9 +184,40 @@ def measure(
         (torch.randint(5, vocab, (positions, length), generator=generator),
          torch.ones(positions, length, dtype=torch.long)),
     )  # fmt: skip
+    return model, gkmvlp_batch(model, BATCH[name], vocab)
+
+
+def prepared_asg(name: str):
+    """The ASG model with its tag prompts set, and its batch."""
+    from cxrvlp.constants import ASG_TAGS
+    from cxrvlp.models.registry import create_model
+
+    model = create_model(name)  # the config's own vocabulary size
+    generator = torch.Generator().manual_seed(1)
+    model.set_tag_prompts(
+        torch.randint(5, model.vocab_size, (len(ASG_TAGS), TAG_TOKENS), generator=generator),
+        torch.ones(len(ASG_TAGS), TAG_TOKENS, dtype=torch.long),
+    )
+    return model, asg_batch(model, BATCH[name], model.vocab_size)
+
+
+def measure(
+    name: str, steps: int, prompt_length: int | None = None, grounding: bool = True
+) -> dict:
+    """``prompt_length`` and ``grounding`` apply to GK-MVLP only."""
+    import resource
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cxrvlp.models.registry import model_config
+
+    torch.manual_seed(0)
+    if model_config(name).recipe == "asg":
+        model, batch = prepared_asg(name)
+    else:
+        model, batch = prepared_gkmvlp(name, prompt_length, grounding)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    batch = synthetic_batch(model, BATCH[name], vocab)
 
     spent: dict[str, list[float]] = defaultdict(list)
     started: dict[str, float] = {}
@@ -171,11 +259,11 @@ def measure(
         step(timed=True)
     step_time = statistics.median(spent["step"])
     calls = max(1, len(spent["step"]))
-    components = {}
+    components: dict[str, float] = defaultdict(float)
     for key, values in spent.items():
         if key in COMPONENTS:
-            # Forward calls per step (the text encoder runs for reports and prompts).
-            components[COMPONENTS[key]] = sum(values) / calls
+            # Forward calls per step (GK-MVLP's text encoder runs for reports and prompts).
+            components[COMPONENTS[key]] += sum(values) / calls
     return {
         "model": name + ("" if grounding else " -grounding"),
         "batch": BATCH[name],
@@ -193,12 +281,18 @@ def measure(
 
 
 def main() -> None:
+    from cxrvlp.models.registry import model_config
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", default="gkmvlp-tiny,gkmvlp-small,gkmvlp-base")
+    parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prompt-max-length", type=int, help="override gk.prompt_max_length")
-    parser.add_argument("--no-grounding", action="store_true", help="also without the term")
+    parser.add_argument(
+        "--prompt-max-length", type=int, help="override gk.prompt_max_length (GK-MVLP)"
+    )
+    parser.add_argument(
+        "--no-grounding", action="store_true", help="GK-MVLP models also without the term"
+    )
     parser.add_argument("--without", action="store_true", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure in this process
     args = parser.parse_args()
@@ -210,9 +304,10 @@ def main() -> None:
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.1f} GFLOP/s\n")
     results = []
-    variants = [(name, False) for name in args.models.split(",")]
+    names = args.models.split(",")
+    variants = [(name, False) for name in names]
     if args.no_grounding:
-        variants += [(name, True) for name in args.models.split(",")]
+        variants += [(name, True) for name in names if model_config(name).recipe == "gkmvlp"]
     for name, without in variants:
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
                    "--threads", str(args.threads)]  # fmt: skip
@@ -232,7 +327,9 @@ def main() -> None:
             f"{r['optimizer_s']:>7.2f}{r['gflop_per_step']:>12.1f}{r['achieved_gflops']:>9.1f}"
             f"{r['achieved_gflops'] / peak:>9.1%}{r['peak_rss_gb']:>13.2f}"
         )
-    print("\nforward time per component (s, median step; the text encoder also encodes prompts)")
+    print(
+        "\nforward time per component (s, median step; GK-MVLP's text encoder also encodes prompts)"
+    )
     for r in results:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in r["components_forward_s"].items())
         print(f"  {r['model']}: {parts}")

@@ -11,7 +11,7 @@ threads: 1
 workers: 1
 tokenizer: {vocab_size: 400}
 detector: {image_size: 96, batch_size: 2, max_steps: 2}
-pretrain: {batch_size: 4, warmup_steps: 1, max_steps: 2, models: [gkmvlp, itc]}
+pretrain: {batch_size: 4, warmup_steps: 1, max_steps: 2, models: [gkmvlp, itc, asg]}
 """
 MICRO_PROTOCOL = """
 name: micro
@@ -21,6 +21,7 @@ evaluations:
   - {task: retrieval}
   - {task: grounding}
   - {task: entities}
+  - {task: tags}
   - {task: zero-shot, datasets: [nih]}
 finetune:
   - {task: classification, dataset: chexpert, linear_probe: true, steps: 1, seeds: [0, 1]}
@@ -39,24 +40,38 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
     argv = ["demo", "--out", str(out), "--config", str(config), "--protocol", str(protocol)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["pretraining"]) == {"gkmvlp", "itc"}
+    assert set(results["pretraining"]) == {"gkmvlp", "itc", "asg"}
     runs = results["runs"]
-    # evaluations: retrieval, grounding, zero-shot of both models, entities of GK-MVLP only
-    # (the ITC-only model has no ECLS, so it is skipped with the reason)
-    assert runs["entities-itc"]["status"] == "skipped" and "ECLS" in runs["entities-itc"]["reason"]
-    for name in ("retrieval-gkmvlp", "grounding-gkmvlp", "entities-gkmvlp", "zero-shot-nih-itc"):
+    # evaluations: retrieval, grounding, zero-shot of every model, entities of GK-MVLP only
+    # (ITC-only and ASG have no ECLS, so they are skipped with the reason), tags of ASG only
+    for name in ("entities-itc", "entities-asg"):
+        assert runs[name]["status"] == "skipped" and "ECLS" in runs[name]["reason"]
+    assert runs["tags-gkmvlp"]["status"] == "skipped" and "tag" in runs["tags-gkmvlp"]["reason"]
+    done = ("retrieval-gkmvlp", "grounding-gkmvlp", "entities-gkmvlp", "zero-shot-nih-itc",
+            "retrieval-asg", "grounding-asg", "tags-asg", "zero-shot-nih-asg")  # fmt: skip
+    for name in done:
         assert runs[name]["status"] == "done", name
+    assert runs["grounding-asg"]["results"]["primary_map"] == "asg_region_sentence"
     finetune = {name: e for name, e in runs.items() if e["run"]["kind"] == "finetune"}
-    # four task families x three starting points x two fractions, the first with two seeds
-    assert len(finetune) == 5 * 3 * 2
-    assert all(entry["status"] == "done" for entry in finetune.values())
+    # four task families x four starting points x two fractions, the first with two seeds;
+    # ASG has no report decoder: its generation and VQA runs are skipped with the reason
+    assert len(finetune) == 5 * 4 * 2
+    skipped = {name for name, entry in finetune.items() if entry["status"] == "skipped"}
+    assert skipped == {
+        f"{task}-tune-asg-{fraction}"
+        for task in ("generation-iu-xray", "vqa-slake")
+        for fraction in ("0.5", "1")
+    }
+    assert "decoder" in finetune["vqa-slake-tune-asg-1"]["reason"]
+    assert all(entry["status"] == "done" for name, entry in finetune.items() if name not in skipped)
     assert finetune["vqa-slake-tune-random-0.5"]["results"]["init"] == "random"
     seeded = "classification-chexpert-probe-gkmvlp-1-seed1"
     assert json.loads((out / "finetune" / seeded / "finetune.json").read_text())["seed"] == 1
     data = (out / "data.yaml").read_text()
     assert "boxes/slake.jsonl" in data and "boxes/iu-xray.jsonl" in data
     report = (out / "report.md").read_text()
-    assert "GK-MVLP" in report and "ITC-only" in report and "random init" in report
+    assert "GK-MVLP" in report and "ITC-only" in report and "ASG" in report
+    assert "random init" in report
     assert "±" in report.split("**classification / chexpert / linear probe: AUROC**")[1]
     assert (out / "report.html").is_file() and (out / "roc_curves.png").is_file()
     assert "grounding_gk_findings.png" in report and "grounding_gk.png" in report
@@ -72,9 +87,10 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
 
 def test_quick_and_full_presets_and_overrides():
     quick = demo_config()
-    assert quick.protocol == "quick" and list(quick.pretrain.models) == ["gkmvlp"]
+    assert quick.protocol == "quick" and list(quick.pretrain.models) == ["gkmvlp", "asg"]
     full = demo_config("full")
     assert full.world.studies == FULL["world"]["studies"] and "itc" in full.pretrain.models
+    assert "asg" in full.pretrain.models
     changed = demo_config(None, None, ["pretrain.max_steps=7", "jobs=2"])
     assert changed.pretrain.max_steps == 7 and changed.jobs == 2
     assert QUICK["pretrain"]["max_minutes"] is None  # tables never depend on machine speed

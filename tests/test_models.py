@@ -283,3 +283,21 @@ def test_ecls_on_v_cls_scores_the_global_vector(tokenizer):
     with pytest.raises(ValueError, match=r"losses\.ecls_on"):
         _model(tokenizer, losses={"ecls_on": "cls"})
     assert "grounding" not in _model(tokenizer, gk={"enabled": False})(batch).losses
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds_as_its_recipe_with_the_configured_sizes(name):
+    from cxrvlp.models.registry import RECIPES, recipe
+
+    config = model_config(name)
+    assert config.recipe in RECIPES
+    model = create_model(name)
+    assert isinstance(model, recipe(config.recipe).MODEL)
+    assert model.text_encoder.width == config.text.width
+    assert model.image_encoder.image_size == config.image.image_size
+    if config.image.get("arch", "vit") == "vit":
+        assert model.image_encoder.width == config.image.width
+    else:
+        assert model.image_encoder.width == 2048  # timm's ResNet-50 features
+    encoder = model.image_encoder
+    assert encoder.grid * encoder.patch_size == config.image.image_size

@@ -63,7 +63,7 @@ QUICK = {
     "tokenizer": {"vocab_size": 2000},
     "detector": {"image_size": 160, "batch_size": 4, "max_steps": 80},
     "pretrain": {"config": None, "batch_size": 32, "lr": 5.0e-4, "warmup_steps": 20,
-                 "max_steps": 150, "max_minutes": None, "models": ["gkmvlp"]},
+                 "max_steps": 150, "max_minutes": None, "models": ["gkmvlp", "asg"]},
     "benchmark": {"overrides": []},
 }  # fmt: skip
 FULL = {
@@ -73,7 +73,7 @@ FULL = {
               "cohort_studies": {"rsna": 1000}, "seed": 0},
     "detector": {"image_size": 160, "batch_size": 4, "max_steps": 120},
     "pretrain": {"config": None, "batch_size": 32, "lr": 5.0e-4, "warmup_steps": 40,
-                 "max_steps": 300, "max_minutes": None, "models": ["gkmvlp", "itc"]},
+                 "max_steps": 300, "max_minutes": None, "models": ["gkmvlp", "itc", "asg"]},
 }  # fmt: skip
 
 

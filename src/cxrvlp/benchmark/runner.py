@@ -97,7 +97,6 @@ def skip_reason(setup: Setup, run: Run) -> str | None:
     return None
 
 
-
 def _bundle_config(bundle: Path | None) -> Any:
     """The bundle's model config, or None (random init, or an incomplete bundle: the run will
     fail and say so)."""

@@ -19,14 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    header = f"{'name':<14} {'recipe':<8} {'image':>6} {'ViT w/d':>9} {'text w/l':>9} {'GK':>4}"
+    header = (
+        f"{'name':<14} {'recipe':<8} {'image':>6} {'image encoder':>15} {'text w/l':>9} {'GK':>4}"
+    )
     print(header + ("  parameters" if args.params else ""))
     for name in list_models():
         cfg = model_config(name)
+        gk = cfg.gk.enabled if "gk" in cfg else None
         line = (
-            f"{name:<14} {cfg.recipe:<8} {cfg.image.image_size:>6} "
-            f"{cfg.image.width:>5}/{cfg.image.depth:<3} {cfg.text.width:>5}/{cfg.text.layers:<3} "
-            f"{'yes' if cfg.gk.enabled else 'no':>4}"
+            f"{name:<14} {cfg.recipe:<8} {cfg.image.image_size:>6} {_image_encoder(cfg):>15} "
+            f"{cfg.text.width:>5}/{cfg.text.layers:<3} "
+            f"{'-' if gk is None else 'yes' if gk else 'no':>4}"
         )
         if args.params:
             from cxrvlp.models.registry import model_from_config
@@ -36,3 +39,11 @@ def run(args: argparse.Namespace) -> int:
             line += f"  {count / 1e6:9.1f} M"
         print(line)
     return 0
+
+
+def _image_encoder(cfg) -> str:
+    """ "ViT w/d" or the named architecture (e.g. resnet50)."""
+    arch = str(cfg.image.get("arch", "vit"))
+    if arch != "vit":
+        return arch
+    return f"ViT {cfg.image.width}/{cfg.image.depth}"

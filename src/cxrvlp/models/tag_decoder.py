@@ -10,8 +10,13 @@ from torch import nn
 
 
 class ImageTagDecoder(nn.Module):
-    def __init__(self, tags: int, text_width: int, width: int, layers: int, heads: int):
+    def __init__(
+        self, tags: int, text_width: int, patch_width: int, width: int, layers: int, heads: int
+    ):
         super().__init__()
+        # Patch tokens wider than the decoder (a ResNet-50's 2048 channels) are projected
+        # down, so the decoder's size follows ``width`` rather than the backbone's.
+        self.patch_proj = nn.Linear(patch_width, width) if patch_width != width else nn.Identity()
         self.register_buffer("tag_embeddings", torch.zeros(tags, text_width))
         # 1 once tag_embeddings hold the tag names' embeddings (saved with the weights).
         self.register_buffer("tag_embeddings_set", torch.zeros((), dtype=torch.long))
@@ -40,4 +45,5 @@ class ImageTagDecoder(nn.Module):
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) tag logits from ``patch_tokens`` (B, N, width)."""
         queries = self.query_proj(self.tag_embeddings)[None].expand(len(patch_tokens), -1, -1)
-        return self.head(self.decoder(queries, patch_tokens)).squeeze(-1)
+        memory = self.patch_proj(patch_tokens)
+        return self.head(self.decoder(queries, memory)).squeeze(-1)

@@ -99,6 +99,7 @@ class ASG(nn.Module):
             len(ASG_TAGS),
             text_width,
             vision_width,
+            int(cfg.tags.get("width") or vision_width),
             int(cfg.tags.decoder_layers),
             int(cfg.tags.heads),
         )
