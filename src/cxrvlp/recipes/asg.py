@@ -13,8 +13,8 @@ Choices where the paper and its released code are silent: the global heads are
 Linear-BN-ReLU-Linear-BN with batch statistics of the global batch (so N processes train as
 one); the local heads are Linear-ReLU-Linear per token (no batch norm over padded tokens);
 the temperature is fixed at ``losses.temperature``; the tag queries start from the tag names
-as the report encoder reads them at initialisation (a clinical BERT's when
-``text.pretrained`` is given), then stay fixed.
+as the report encoder reads them at initialisation (the mean of their word-piece states; a
+clinical BERT's when ``text.pretrained`` is given), then stay fixed.
 """
 
 from __future__ import annotations
@@ -61,6 +61,16 @@ def global_head(width: int, hidden: int, dim: int) -> nn.Sequential:
 def local_head(width: int, dim: int) -> nn.Sequential:
     """Per-token projection (a 1x1 MLP) of patch or word states to the shared space."""
     return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+
+
+def word_piece_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, D) mean of each text's states (N, L, D) over its word pieces: [CLS], [SEP] (the
+    last attended token) and padding left out."""
+    inside = attention_mask.clone()
+    inside[:, 0] = 0
+    inside[torch.arange(len(inside)), attention_mask.sum(dim=1) - 1] = 0
+    weights = inside[..., None].to(states.dtype)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class ASG(nn.Module):
@@ -113,11 +123,14 @@ class ASG(nn.Module):
     # ---- setup ------------------------------------------------------------------------------
     @torch.no_grad()
     def set_tag_prompts(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        """Encode the tag names (token ids (T, L)) once, as the fixed start of the queries."""
+        """Encode the tag names (token ids (T, L)) once, as the fixed start of the queries:
+        the mean of each name's word-piece states (a BERT trained from scratch gives almost
+        one [CLS] state to every text, which would make the 40 queries one)."""
         was_training = self.training
         self.eval()
         device = self.logit_scale.device
-        embeddings = self.text_encoder(ids.to(device), mask.to(device))[:, 0]
+        ids, mask = ids.to(device), mask.to(device)
+        embeddings = word_piece_mean(self.text_encoder(ids, mask), mask)
         self.train(was_training)
         self.tag_decoder.set_tag_embeddings(embeddings)
 
@@ -191,12 +204,7 @@ class ASG(nn.Module):
         ([CLS] and [SEP] left out), L2-normalised; what a region's sentence is scored as."""
         hidden = self.encode_text(input_ids, attention_mask)
         tokens = F.normalize(self.text_local(hidden), dim=-1)
-        inside = attention_mask.clone()
-        inside[:, 0] = 0
-        inside[torch.arange(len(inside)), attention_mask.sum(dim=1) - 1] = 0
-        weights = inside[..., None].to(tokens.dtype)
-        mean = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return F.normalize(mean, dim=-1)
+        return F.normalize(word_piece_mean(tokens, attention_mask), dim=-1)
 
     def sentence_maps(
         self, vit_tokens: torch.Tensor, boxes: torch.Tensor, sentences: torch.Tensor
