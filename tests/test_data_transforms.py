@@ -178,6 +178,26 @@ def test_augmentation_is_seeded_and_keeps_boxes_masks_and_pixels_together(chexpe
             assert abs(moved - still) < 0.15
 
 
+def test_a_region_the_move_pushes_out_of_the_image_becomes_nan():
+    # A large shift moves a box at the image's edge out of it; the box beside it stays.
+    transform = ResizePad(
+        64, augment=True, max_shift=0.5, max_scale=0.0, max_rotation_degrees=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    pixels = np.full((64, 64), 0.5, dtype=np.float32)
+    boxes = np.array([[0, 0, 2, 2], [62, 0, 64, 2], [0, 62, 2, 64], [62, 62, 64, 64]], np.float32)
+    moved = None
+    for _ in range(8):
+        moved = transform(pixels, boxes).boxes
+        if np.isnan(moved).any():
+            break
+    gone = np.isnan(moved).any(axis=1)
+    assert gone.any() and not gone.all()  # a corner box left the image, the opposite one not
+    assert np.isnan(moved[gone]).all()  # a whole NaN row: the region is not in the image
+    kept = moved[~gone]
+    assert (kept[:, 2] - kept[:, 0] >= 1).all() and (kept[:, 3] - kept[:, 1] >= 1).all()
+
+
 # ---- range check -----------------------------------------------------------------------------
 
 

@@ -258,6 +258,8 @@ def pretrained_table(document: dict[str, Any]) -> Table | None:
 GROUNDING_MAPS = (
     ("gk_finding_prompts", 'GK, "<finding>: present"'),
     ("gk_attention", "GK, knowledge-base prompts"),
+    ("asg_region_sentence", "region-sentence similarity"),
+    ("asg_patch_sentence", "patch-sentence similarity"),
     ("itm_cross_attention", "image-report cross-attention"),
 )
 
@@ -394,18 +396,26 @@ def pictures(document: dict[str, Any], found: list[Family], out: Path) -> list[t
             shown.append((title, path))
     for entry in document["runs"].values():
         run = entry["run"]
-        if entry["status"] != "done" or not models or run["model"] != models[0]:
+        if entry["status"] != "done" or not models:
             continue
         folder = out / run["folder"] / run["name"]
-        if run["task"] == "localization" and run["seed"] == 0:
+        first = run["model"] == models[0]
+        if run["task"] == "localization" and run["seed"] == 0 and first:
             candidates = [("detections.png", "Detections (green truth, red predicted)")]
-        elif run["task"] == "grounding":
+        elif run["task"] == "grounding" and first:
             candidates = [
                 ("grounding_gk_findings.png",
                  'GK attention of "<finding>: present", one finding type a panel (true regions '
                  "boxed)"),
                 ("grounding_gk.png", "GK attention of the knowledge-base prompts"),
                 ("grounding_itm.png", "Image-report cross-attention from the finding's name"),
+                ("grounding_asg_regions.png",
+                 'Region-sentence similarity of "<finding>: present" (true regions boxed)'),
+            ]  # fmt: skip
+        elif run["task"] == "grounding" and (folder / "grounding_asg_regions.png").is_file():
+            candidates = [
+                ("grounding_asg_regions.png",
+                 'Region-sentence similarity of "<finding>: present" (true regions boxed)'),
             ]  # fmt: skip
         else:
             continue
