@@ -348,6 +348,13 @@ def test_collator_with_imagenome_links_marks_exactly_the_linked_words(small_toke
     assert not rules["region_words"][0, REGION["left lower lung zone"]].any()
 
 
+def test_imagenome_links_without_scene_graphs_are_an_error_that_names_the_fix(small_tokenizer):
+    # Boxes from the detector bring no scene graphs, so no Chest ImaGenome links.
+    collate = ASGCollator(small_tokenizer, 64, links="imagenome")
+    with pytest.raises(ValueError, match=r"data\.boxes=imagenome"):
+        collate([_sample(0, REPORTS[0])])
+
+
 def test_collator_counts_a_sentence_cut_by_truncation_as_unplaced(small_tokenizer):
     first = small_tokenizer("Small left pleural effusion.")["input_ids"]
     collate = ASGCollator(small_tokenizer, len(first), links="imagenome")

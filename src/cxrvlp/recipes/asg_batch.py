@@ -102,7 +102,14 @@ class ASGCollator(PretrainCollator):
         valid = torch.ones(len(good), len(ASG_TAGS), dtype=torch.bool)
         for row, (sample, report) in enumerate(zip(good, batch["report"], strict=True)):
             report_words = self.locator.words(report)
-            links = sample.extra.get("region_sentences", {}).get(self.links, {})
+            sources = sample.extra.get("region_sentences", {})
+            if self.links not in sources and self.links == "imagenome":
+                raise ValueError(
+                    f"{sample.path}: no Chest ImaGenome region-phrase links (the boxes came "
+                    "from elsewhere); pre-train with data.boxes=imagenome, or use "
+                    "model.alignment.links=rules"
+                )
+            links = sources.get(self.links, {})
             for region, sentences in links.items():
                 region_row = self.region_index.get(region)
                 if region_row is None:
