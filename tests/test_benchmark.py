@@ -135,8 +135,9 @@ def test_dry_run_lists_runs_skips_and_the_estimate(downstream_world, tmp_path, c
     assert "classification-rsna-probe-gkmvlp-0.1" in printed
     assert "skipped: the data file names no 'iu-xray'" in printed
     assert "skipped: the data file names no 'pretraining'" in printed
-    # 2 models x 2 fractions of the RSNA probe and the RSNA localisation, and zero-shot RSNA
-    assert "9 to run, 0 done, 11 skipped" in printed
+    # 2 models x 2 fractions of the RSNA probe and the RSNA localisation, and zero-shot RSNA;
+    # skipped: the four evaluations of pre-training pairs and 8 runs on other data sets
+    assert "9 to run, 0 done, 12 skipped" in printed
 
 
 def test_shipped_protocols_expand_to_their_run_lists():
@@ -157,7 +158,7 @@ def test_shipped_protocols_expand_to_their_run_lists():
     assert all(run.model != "random" for run in paper.runs if run.kind == "evaluate")
     pretraining = load_protocol("pretraining", ["report", "today"])
     assert {run.name for run in pretraining.runs if run.model == "today"} == {
-        "retrieval-today", "grounding-today", "entities-today",
+        "retrieval-today", "grounding-today", "entities-today", "tags-today",
         "classification-nih-probe-today-0.01", "classification-nih-probe-today-0.01-seed1",
     }  # fmt: skip
 
