@@ -87,7 +87,7 @@ def test_demo_runs_every_step_and_reports_every_task(tmp_path, capsys):
 
 def test_quick_and_full_presets_and_overrides():
     quick = demo_config()
-    assert quick.protocol == "quick" and list(quick.pretrain.models) == ["gkmvlp", "asg"]
+    assert quick.protocol == "quick" and list(quick.pretrain.models) == ["gkmvlp"]
     full = demo_config("full")
     assert full.world.studies == FULL["world"]["studies"] and "itc" in full.pretrain.models
     assert "asg" in full.pretrain.models
