@@ -93,7 +93,7 @@ def skip_reason(setup: Setup, run: Run) -> str | None:
     if run.task == "tags" and recipe not in (None, "asg"):
         return f"{run.model} has no image-tag decoder (ASG's IRL)"
     if run.task in REGION_BOX_TASKS and recipe not in (None, "gkmvlp"):
-        return f"a {recipe} model has no image-report encoder and report decoder for {run.task}"
+        return f"{run.model} ({recipe}) has no image-report encoder and report decoder"
     return None
 
 
