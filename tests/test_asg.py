@@ -327,7 +327,7 @@ SCENE_GRAPH = {
 }
 
 
-def test_collator_with_imagenome_links_marks_exactly_the_linked_words(small_tokenizer):
+def test_collator_with_imagenome_links_marks_exactly_the_linked_words(small_tokenizer, caplog):
     samples = [_sample(0, REPORTS[0], imagenome=SCENE_GRAPH), _sample(1, REPORTS[1], {})]
     collate = ASGCollator(small_tokenizer, 64, links="imagenome")
     batch = collate(samples)
@@ -343,6 +343,8 @@ def test_collator_with_imagenome_links_marks_exactly_the_linked_words(small_toke
     assert _region_text(small_tokenizer, batch, 0, "cardiac silhouette") == "heart size is normal"
     assert not batch["region_words"][1].any()
     assert (collate.placed_sentences, collate.unplaced_sentences) == (3, 1)
+    unplaced = [r for r in caplog.records if "unplaced_sentences" in r.getMessage()]
+    assert len(unplaced) == 1 and "image0" in unplaced[0].getMessage()
     # The rules do not link the effusion to the lower zone: the links source is respected.
     rules = ASGCollator(small_tokenizer, 64, links="rules")(samples)
     assert not rules["region_words"][0, REGION["left lower lung zone"]].any()

@@ -3,6 +3,7 @@ word, the words of the sentences linked to each anatomical region, and the 40 AS
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -12,6 +13,8 @@ from cxrvlp.constants import ASG_TAGS, CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.sample import Sample
 from cxrvlp.recipes.batch import ABSENT, PRESENT, PretrainCollator
 from cxrvlp.text.knowledge import load_knowledge_base
+
+log = logging.getLogger(__name__)
 
 
 def entity_tags() -> dict[str, tuple[str, ...]]:
@@ -72,7 +75,7 @@ class ASGCollator(PretrainCollator):
     sentences ``links`` (``rules`` or ``imagenome``) ties to each region, ``tag_targets`` and
     ``tag_valid`` (B, 40). A linked sentence is found in its report by its words; one the
     report does not hold (a rephrased scene-graph phrase) or that truncation cut is counted
-    in ``unplaced_sentences``, and its region gets no sentence from it.
+    in ``unplaced_sentences`` (the first one logged), and its region gets no sentence from it.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, links: str = "rules"):
@@ -118,6 +121,13 @@ class ASGCollator(PretrainCollator):
                     words = self.locator.words(sentence)
                     start = self.locator.find(words, report_words)
                     if start is None or start + len(words) > kept_words[row]:
+                        if not self.unplaced_sentences:
+                            log.warning(
+                                "image %s (%s): linked sentence %r is not among the report's "
+                                "first %d words; its region %r gets no sentence from it (such "
+                                "sentences are counted in unplaced_sentences, not logged again)",
+                                sample.image_id, sample.path, sentence, kept_words[row], region,
+                            )  # fmt: skip
                         self.unplaced_sentences += 1
                         continue
                     self.placed_sentences += 1
