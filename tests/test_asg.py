@@ -5,11 +5,8 @@ CPU (2-process gloo == 1 process, SIGKILL + --resume latest == uninterrupted, ex
 
 import json
 import math
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from cxrvlp.models.text import pool_word_pieces
 from cxrvlp.recipes.asg_batch import ASGCollator, WordLocator, entity_tags, tag_targets
 from cxrvlp.text.parse import parse_report
 from cxrvlp.text.tokenizer import load_tokenizer, train_wordpiece
+from pretrain_runs import cli, environment, final_weights, metrics
 
 REGION = {name: index for index, name in enumerate(CHEST_IMAGENOME_REGIONS)}
 TAG = {name: index for index, name in enumerate(ASG_TAGS)}
@@ -567,36 +565,8 @@ def trained(world, tokenizer, tmp_path_factory) -> Path:
     return run
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(CheckpointManager(run).latest() / "model.safetensors")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _cli(argv: list[str], processes: int = 1) -> list[str]:
-    if processes == 1:
-        return [sys.executable, "-m", "cxrvlp.cli", *argv]
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "cxrvlp.cli", *argv,
-    ]  # fmt: skip
-
-
-def _environment() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
 def test_run_logs_the_four_terms_and_their_weighted_sum(trained):
-    rows = _metrics(trained)
+    rows = metrics(trained)
     assert [row["step"] for row in rows] == list(range(1, RUN_STEPS + 1))
     for row in rows:
         assert all(row[name] == row[name] and row[name] >= 0 for name in TERMS)
@@ -610,14 +580,14 @@ def test_two_gloo_processes_give_the_losses_of_one(world, tokenizer, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(_pretrain_argv(world, single, 4, "train.batch_size=4", tokenizer)) == 0
     result = subprocess.run(
-        _cli(_pretrain_argv(world, double, 4, "train.batch_size=2", tokenizer), processes=2),
-        env=_environment(),
+        cli(_pretrain_argv(world, double, 4, "train.batch_size=2", tokenizer), processes=2),
+        env=environment(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = _metrics(single), _metrics(double)
+    one, two = metrics(single), metrics(double)
     assert len(one) == len(two) == 4
     assert json.loads((double / "summary.json").read_text())["world_size"] == 2
     # Step 1 (the same weights): global batch statistics, gathered negatives and tags, and the
@@ -637,8 +607,8 @@ def test_sigkill_then_resume_latest_ends_with_the_uninterrupted_weights(
 ):
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        _cli(_pretrain_argv(world, killed, RUN_STEPS, *RUN_ARGS, tokenizer)),
-        env=_environment(),
+        cli(_pretrain_argv(world, killed, RUN_STEPS, *RUN_ARGS, tokenizer)),
+        env=environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -653,15 +623,15 @@ def test_sigkill_then_resume_latest_ends_with_the_uninterrupted_weights(
     assert stopped_at != f"step_{RUN_STEPS:08d}", "killed too late to test a resume"
 
     assert main(["pretrain", "--out", str(killed), "--resume", "latest", "--quiet"]) == 0
-    expected, resumed = _final_weights(trained), _final_weights(killed)
+    expected, resumed = final_weights(trained), final_weights(killed)
     assert expected.keys() == resumed.keys()
     assert "tag_decoder.tag_embeddings" in expected
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed[name]), name
-    rows = _metrics(killed)
+    rows = metrics(killed)
     assert [row["step"] for row in rows] == list(range(1, RUN_STEPS + 1))
     for name in ("loss", *TERMS):
-        assert [row[name] for row in rows] == [row[name] for row in _metrics(trained)], name
+        assert [row[name] for row in rows] == [row[name] for row in metrics(trained)], name
 
 
 def test_export_then_load_pretrained_gives_the_same_outputs(world, trained, tmp_path):

@@ -2,20 +2,17 @@
 2-process gloo == 1 process, SIGKILL + --resume latest == uninterrupted, export -> load."""
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from cxrvlp.cli import main
 from cxrvlp.engine.checkpoint import CheckpointManager, step_dir_name
+from pretrain_runs import cli, environment, final_weights, metrics
 
 MICRO = [
     "model.embed_dim=16",
@@ -62,14 +59,6 @@ def _pretrain_argv(world: Path, out: Path, steps: int, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(CheckpointManager(run).latest() / "model.safetensors")
-
-
 @pytest.fixture(scope="module")
 def trained(world, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
@@ -78,7 +67,7 @@ def trained(world, tmp_path_factory) -> Path:
 
 
 def test_run_folder_holds_config_metrics_events_checkpoint_and_tokenizer(trained):
-    rows = _metrics(trained)
+    rows = metrics(trained)
     assert [row["step"] for row in rows] == list(range(1, 7))
     for row in rows:
         terms = ("loss_itc", "loss_itm", "loss_lm", "loss_ecls", "loss_grounding")
@@ -105,38 +94,18 @@ def test_unknown_override_is_an_error(world, tmp_path):
         main(_pretrain_argv(world, tmp_path / "run", 1, "model.gk.enabeld=false"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _cli(argv: list[str], processes: int = 1) -> list[str]:
-    if processes == 1:
-        return [sys.executable, "-m", "cxrvlp.cli", *argv]
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "cxrvlp.cli", *argv,
-    ]  # fmt: skip
-
-
-def _environment() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
 def test_two_gloo_processes_give_the_loss_sequence_of_one(world, tokenizer, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(_pretrain_argv(world, single, 4, "train.batch_size=4", tokenizer)) == 0
     result = subprocess.run(
-        _cli(_pretrain_argv(world, double, 4, "train.batch_size=2", tokenizer), processes=2),
-        env=_environment(),
+        cli(_pretrain_argv(world, double, 4, "train.batch_size=2", tokenizer), processes=2),
+        env=environment(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = _metrics(single), _metrics(double)
+    one, two = metrics(single), metrics(double)
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):
         for name in ("loss", "loss_itc", "loss_itm", "loss_lm", "loss_ecls", "loss_grounding"):
@@ -154,8 +123,8 @@ def test_sigkill_then_resume_latest_ends_with_the_uninterrupted_weights(world, t
     assert main(_pretrain_argv(world, uninterrupted, 40, *steps)) == 0
 
     process = subprocess.Popen(
-        _cli(_pretrain_argv(world, killed, 40, *steps)),
-        env=_environment(),
+        cli(_pretrain_argv(world, killed, 40, *steps)),
+        env=environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -170,13 +139,13 @@ def test_sigkill_then_resume_latest_ends_with_the_uninterrupted_weights(world, t
     assert stopped_at != "step_00000040", "killed too late to test a resume"
 
     assert main(["pretrain", "--out", str(killed), "--resume", "latest", "--quiet"]) == 0
-    expected, resumed = _final_weights(uninterrupted), _final_weights(killed)
+    expected, resumed = final_weights(uninterrupted), final_weights(killed)
     assert expected.keys() == resumed.keys()
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed[name]), name
-    rows = _metrics(killed)
+    rows = metrics(killed)
     assert [row["step"] for row in rows] == list(range(1, 41))
-    assert [row["loss"] for row in rows] == [row["loss"] for row in _metrics(uninterrupted)]
+    assert [row["loss"] for row in rows] == [row["loss"] for row in metrics(uninterrupted)]
 
 
 def test_export_then_load_pretrained_gives_the_same_outputs(world, trained, tmp_path):
@@ -256,7 +225,7 @@ def test_evaluate_writes_results_and_grounding_pictures(world, trained, tmp_path
 def test_gradient_accumulation_consumes_micro_batches_per_step(world, tmp_path):
     run = tmp_path / "accumulate"
     assert main(_pretrain_argv(world, run, 2, "train.batch_size=2", "train.accumulate=2")) == 0
-    assert [row["step"] for row in _metrics(run)] == [1, 2]
+    assert [row["step"] for row in metrics(run)] == [1, 2]
     state = torch.load(CheckpointManager(run).latest() / "training_state.pt", weights_only=True)
     # 19 training images: 9 batches of 2 per epoch; 2 steps x 2 micro-batches = 4 consumed.
     assert (state["extra"]["epoch"], state["extra"]["batch_in_epoch"]) == (0, 4)
@@ -269,7 +238,7 @@ def test_time_limit_stops_after_the_step_that_crosses_it_and_saves(world, tmp_pa
     assert main(argv) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_early"] is True and summary["steps"] == 1
-    assert [row["step"] for row in _metrics(run)] == [1]
+    assert [row["step"] for row in metrics(run)] == [1]
     assert CheckpointManager(run).latest().name == step_dir_name(1)
 
 
