@@ -78,6 +78,12 @@ def apply_overrides(
     return merged  # type: ignore[return-value]
 
 
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """A config value that must be one of ``choices``: an error naming the key otherwise."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
 def create_model(name: str | Path, vocab_size: int | None = None, **overrides: Any):
     """Build the model of ``name``; ``overrides`` are nested keys, e.g. ``gk={"enabled": False}``.
 

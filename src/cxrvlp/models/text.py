@@ -88,6 +88,12 @@ class TextEncoder(nn.Module):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, D) mean of ``hidden`` (B, L, D) over the attended tokens of ``attention_mask``."""
+    weights = attention_mask[..., None].to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 def pool_word_pieces(hidden: torch.Tensor, word_ids: torch.Tensor, words: int) -> torch.Tensor:
     """Word vectors (B, W, D): the sum of each word's word-piece states.
 

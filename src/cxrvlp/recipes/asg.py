@@ -38,8 +38,9 @@ from cxrvlp.losses import (
     tag_loss_terms,
 )
 from cxrvlp.models.outputs import ImageFeatures, PretrainOutput
+from cxrvlp.models.registry import check_choice
 from cxrvlp.models.tag_decoder import ImageTagDecoder
-from cxrvlp.models.text import TextEncoder, pool_word_pieces
+from cxrvlp.models.text import TextEncoder, masked_mean, pool_word_pieces
 from cxrvlp.models.vision import GlobalBatchNorm1d, image_encoder_from_config
 
 LOSS_NAMES = ("ira", "arsa", "irl", "erl")
@@ -69,8 +70,7 @@ def word_piece_mean(states: torch.Tensor, attention_mask: torch.Tensor) -> torch
     inside = attention_mask.clone()
     inside[:, 0] = 0
     inside[torch.arange(len(inside)), attention_mask.sum(dim=1) - 1] = 0
-    weights = inside[..., None].to(states.dtype)
-    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return masked_mean(states, inside)
 
 
 class ASG(nn.Module):
@@ -94,8 +94,8 @@ class ASG(nn.Module):
         self.local_negatives = bool(cfg.losses.get("local_negatives", False))
         self.temperature = float(cfg.losses.temperature)
         self.erl_identity = float(cfg.losses.get("erl_identity", 0.8))
-        _check_choice("alignment.links", self.links, LINK_SOURCES)
-        _check_choice("text.pool", self.text_pool, TEXT_POOLS)
+        check_choice("alignment.links", self.links, LINK_SOURCES)
+        check_choice("text.pool", self.text_pool, TEXT_POOLS)
 
         self.image_encoder = image_encoder_from_config(cfg.image)
         self.text_encoder = TextEncoder(cfg.text, self.vocab_size)
@@ -147,8 +147,7 @@ class ASG(nn.Module):
         if self.text_pool == "cls":
             pooled = text_hidden[:, 0]
         else:
-            weights = attention_mask[..., None].to(text_hidden.dtype)
-            pooled = (text_hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            pooled = masked_mean(text_hidden, attention_mask)
         return F.normalize(self.text_global(pooled).float(), dim=-1)
 
     def image_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -302,8 +301,3 @@ def collator(model: ASG, tokenizer: Any, training: bool = True) -> Any:
     from cxrvlp.recipes.asg_batch import ASGCollator
 
     return ASGCollator(tokenizer, int(model.config.text.max_length), model.links)
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")

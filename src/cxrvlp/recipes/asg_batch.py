@@ -86,18 +86,27 @@ class ASGCollator(PretrainCollator):
         self.placed_sentences = 0
         self.unplaced_sentences = 0
 
+    def encode_reports(self, reports: list[str]) -> dict[str, torch.Tensor]:
+        """The base's ``input_ids`` and ``attention_mask``, and from the same encoding each
+        token's word (``word_ids``, -1 for [CLS], [SEP] and padding)."""
+        encoded = self.tokenizer(
+            reports, padding="longest", truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        )  # fmt: skip
+        rows = [encoded.word_ids(row) for row in range(len(reports))]
+        word_ids = [[-1 if word is None else word for word in row] for row in rows]
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "word_ids": torch.tensor(word_ids, dtype=torch.long),
+        }
+
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         batch = super().__call__(samples)
         if "input_ids" not in batch:
             return batch
         good = [sample for sample in samples if not sample.error]
-        encoded = self.tokenizer(
-            batch["report"], padding="longest", truncation=True, max_length=self.max_length
-        )
-        rows = [encoded.word_ids(row) for row in range(len(good))]
-        word_ids = torch.tensor(
-            [[-1 if word is None else word for word in row] for row in rows], dtype=torch.long
-        )
+        word_ids = batch["word_ids"]
         kept_words = [int(row.max()) + 1 for row in word_ids]
         width = max(1, max(kept_words))
         region_words = torch.zeros(len(good), len(CHEST_IMAGENOME_REGIONS), width, dtype=torch.bool)
@@ -133,7 +142,6 @@ class ASGCollator(PretrainCollator):
                     self.placed_sentences += 1
                     region_words[row, region_row, start : start + len(words)] = True
             targets[row], valid[row] = tag_targets(sample.extra.get("entities", {}), self.tags_of)
-        batch["word_ids"] = word_ids
         batch["region_words"] = region_words
         batch["tag_targets"], batch["tag_valid"] = targets, valid
         return batch

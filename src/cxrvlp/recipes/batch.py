@@ -91,9 +91,7 @@ class PretrainCollator:
                 f"pre-training samples without report text: {empty[:5]}; the reader should "
                 "have counted them as problems"
             )
-        batch["input_ids"], batch["attention_mask"] = tokenize(
-            self.tokenizer, reports, self.max_length
-        )
+        batch |= self.encode_reports(reports)
         regions = len(CHEST_IMAGENOME_REGIONS)
         batch["boxes"] = torch.stack(
             [
@@ -120,6 +118,11 @@ class PretrainCollator:
         if self.report_prompts > 0:
             batch |= self.prompt_tensors([sample.extra.get("prompts", []) for sample in good])
         return batch
+
+    def encode_reports(self, reports: list[str]) -> dict[str, torch.Tensor]:
+        """The reports' ``input_ids`` and ``attention_mask`` (B, L)."""
+        ids, mask = tokenize(self.tokenizer, reports, self.max_length)
+        return {"input_ids": ids, "attention_mask": mask}
 
     def prompt_tensors(self, prompts_per_sample: list[list[Any]]) -> dict[str, torch.Tensor]:
         """The report prompts of a batch as tensors (see the class docstring)."""

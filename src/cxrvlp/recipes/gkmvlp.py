@@ -42,7 +42,8 @@ from cxrvlp.losses import (
 )
 from cxrvlp.models.grounding import GroundedKnowledge
 from cxrvlp.models.outputs import GroundingOutput, ImageFeatures, PretrainOutput
-from cxrvlp.models.text import ImageReportEncoder, ReportDecoder, TextEncoder
+from cxrvlp.models.registry import check_choice
+from cxrvlp.models.text import ImageReportEncoder, ReportDecoder, TextEncoder, masked_mean
 from cxrvlp.models.vision import image_encoder_from_config
 from cxrvlp.recipes import batch as gkmvlp_batch
 
@@ -69,8 +70,8 @@ class GKMVLP(nn.Module):
         self.position_dropout = float(cfg.gk.get("position_dropout", 0.0))
         self.max_report_prompts = int(cfg.gk.get("max_report_prompts", 12))
         self.ecls_on = str(cfg.losses.get("ecls_on", "z_local"))
-        _check_choice("gk.prompts", self.prompt_source, PROMPT_SOURCES)
-        _check_choice("losses.ecls_on", self.ecls_on, ECLS_SIDES)
+        check_choice("gk.prompts", self.prompt_source, PROMPT_SOURCES)
+        check_choice("losses.ecls_on", self.ecls_on, ECLS_SIDES)
         if not (cfg.gk.enabled and cfg.gk.region_features):
             # The term grounds the GK module's attention on regions: the ablations without
             # the module or without region features have nothing it could train.
@@ -442,11 +443,6 @@ def collator(model: GKMVLP, tokenizer: Any, training: bool = True) -> gkmvlp_bat
     return gkmvlp_batch.PretrainCollator(tokenizer, int(model.config.text.max_length), limit)
 
 
-def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    weights = attention_mask[..., None].to(hidden.dtype)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-
 def _pad_to_global_length(
     input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -456,8 +452,3 @@ def _pad_to_global_length(
     if missing == 0:
         return input_ids, attention_mask
     return F.pad(input_ids, (0, missing)), F.pad(attention_mask, (0, missing))
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")

@@ -58,8 +58,8 @@ from cxrvlp.data.readers.vqa import normalize_answer
 from cxrvlp.data.sample import Sample, collate_samples
 from cxrvlp.metrics.vqa import EXAMPLE_KEYS, is_correct, vqa_metrics
 from cxrvlp.models.outputs import TaskOutput
+from cxrvlp.models.text import masked_mean
 from cxrvlp.recipes.batch import stable_key, tokenize
-from cxrvlp.recipes.gkmvlp import masked_mean
 from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
 from cxrvlp.tasks.vqa_zero_shot import finding_names, finding_queries, yes_log_odds
 from cxrvlp.tasks.zeroshot import prompt_pair_embeddings
