@@ -20,7 +20,12 @@ from torch.utils.data import DataLoader
 from cxrvlp.cli import main
 from cxrvlp.data.errors import DataError, MissingFileError
 from cxrvlp.data.readers.rsna import RSNAPneumoniaDataset
-from cxrvlp.data.readers.siim import SIIMPneumothoraxDataset, decode_rle, encode_rle
+from cxrvlp.data.readers.siim import (
+    SIIMPneumothoraxDataset,
+    decode_rle,
+    encode_rle,
+    parse_rle,
+)
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.data.transforms import ResizePad
 from cxrvlp.synth.scene import FINDING_TYPES
@@ -237,7 +242,10 @@ def test_siim_real_rle_file_counts_and_masks(tmp_path):
         mask = dataset._mask(record, 1024, 1024)
         assert 0 < mask.sum() < 1024 * 1024 // 4
         for rle in record.extra["rle"]:
-            assert encode_rle(decode_rle(rle, 1024, 1024)) == rle
+            decoded = decode_rle(rle, 1024, 1024)
+            # The runs of one mask never overlap: its pixels are the run lengths' sum.
+            assert decoded.sum() == parse_rle(rle)[:, 1].sum()
+            assert encode_rle(decoded) == rle
     with pytest.raises(MissingFileError, match=r"dicom-images-train.*labels_only"):
         SIIMPneumothoraxDataset(root)
 

@@ -36,13 +36,14 @@ from omegaconf import OmegaConf
 
 from cxrvlp.data.readers import READERS
 from cxrvlp.tasks.evaluation import EVALUATIONS
+from cxrvlp.tasks.finetune import TASK_MODULES
 
 PROTOCOLS_DIR = Path(__file__).parent / "protocols"
 RANDOM_INIT = "random"
 ALL_MODELS = "all"
 SEED_SUFFIX = "-seed"  # run name ending of every seed but 0 (seed 0 keeps the plain name)
 PRETRAINING_DATA = "pretraining"  # the data file's key of the pre-training root
-FINETUNE_TASKS = ("classification", "localization", "generation", "vqa")
+FINETUNE_TASKS = tuple(TASK_MODULES)
 # Tasks whose model runs the GK module on region boxes (the data file's `boxes`): GK-MVLP's
 # image-report encoder and report decoder, which an ASG model does not have.
 REGION_BOX_TASKS = ("generation", "vqa")
@@ -56,6 +57,7 @@ SECONDS = {
     "zero-shot": (10, 0.0),
     "classification": (15, 0.25),
     "localization": (20, 0.45),
+    "segmentation": (20, 0.5),
     "generation": (60, 0.6),
     "vqa": (40, 0.6),
 }

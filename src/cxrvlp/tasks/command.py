@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from cxrvlp.tasks.evaluation import EVALUATIONS, ZERO_SHOT, evaluate_pretrained
+from cxrvlp.tasks.finetune import TASK_MODULES
 
 DESCRIPTION = """Evaluate a pre-trained bundle (`cxrvlp export`), or re-score a fine-tuning run.
 
@@ -16,7 +17,8 @@ DESCRIPTION = """Evaluate a pre-trained bundle (`cxrvlp export`), or re-score a 
   grounding  pointing game and IoU of the GK attention (and of the image-report
              cross-attention) against the regions Chest ImaGenome links each finding to
   zero-shot  "there is X" vs "no X" prompts on rsna / nih / chexpert: AUROC, F1, accuracy
-  classification | localization | generation | vqa   re-score a `cxrvlp finetune` RUN
+  classification | localization | segmentation | generation | vqa
+             re-score a `cxrvlp finetune` RUN
 
   cxrvlp evaluate retrieval --pretrained MODEL --root WORLD --out OUT
   cxrvlp evaluate zero-shot --pretrained MODEL --dataset nih --root WORLD/nih --out OUT
@@ -24,7 +26,7 @@ DESCRIPTION = """Evaluate a pre-trained bundle (`cxrvlp export`), or re-score a 
 Each writes results.json (into OUT, or RUN) and prints a summary.
 """
 
-FINETUNE_TASKS = ("classification", "localization", "generation", "vqa")
+FINETUNE_TASKS = tuple(TASK_MODULES)
 TASKS = (*EVALUATIONS, *FINETUNE_TASKS)
 RESULTS_FILE = "results.json"
 

@@ -35,6 +35,7 @@ DESCRIPTION = """Fine-tune a pre-trained model bundle on a downstream task and s
 
   classification  rsna, nih, chexpert: AUROC (macro, per class), F1, accuracy
   localization    rsna: detection head on the image encoder, mAP@0.5 and COCO mAP
+  segmentation    siim, rsna (masks = boxes): upsampling decoder on the patch map, Dice, IoU
   generation      iu-xray, mimic-cxr: BLEU-1..4, METEOR, ROUGE-L, CIDEr, clinical efficacy
   vqa             vqa-rad, slake: closed, open and overall accuracy
 
@@ -47,6 +48,7 @@ RUN/results.json holds the scores; `cxrvlp evaluate TASK --run RUN` re-scores a 
 TASK_MODULES = {
     "classification": "cxrvlp.tasks.classification:ClassificationTask",
     "localization": "cxrvlp.tasks.localization:LocalizationTask",
+    "segmentation": "cxrvlp.tasks.segmentation:SegmentationTask",
     "generation": "cxrvlp.tasks.generation:GenerationTask",
     "vqa": "cxrvlp.tasks.vqa:VQATask",
 }

@@ -14,6 +14,7 @@ READERS: dict[str, str] = {
     "nih": "cxrvlp.data.readers.nih:NIHDataset",
     "rsna": "cxrvlp.data.readers.rsna:RSNAPneumoniaDataset",
     "siim": "cxrvlp.data.readers.siim:SIIMPneumothoraxDataset",
+    "covidx": "cxrvlp.data.readers.covidx:COVIDxDataset",
     "iu-xray": "cxrvlp.data.readers.iu_xray:IUXrayDataset",
     "vqa-rad": "cxrvlp.data.readers.vqa:VQARADDataset",
     "slake": "cxrvlp.data.readers.vqa:SLAKEDataset",
