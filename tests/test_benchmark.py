@@ -257,3 +257,52 @@ def test_report_averages_seeds_and_says_level_for_a_tie(tmp_path):
     assert "at 10%: GK-MVLP ahead of random init (+0.080)" in report.markdown
     assert "0.000 ahead" not in report.markdown
     assert (tmp_path / "label_fractions.png").is_file()
+
+
+def test_report_lays_probe_and_segmentation_out_as_the_asg_paper(tmp_path):
+    def entry(task, dataset, model, fraction, value, probe=True):
+        run = Run("finetune", task, dataset, model, fraction, 0, linear_probe=probe)
+        results = {"auroc": value, "accuracy": value / 2, "dice": value, "task": task}
+        return run.name, {"run": run.to_dict(), "status": "done", "results": results}
+
+    runs = dict(
+        [
+            entry("classification", "covidx", "random", 0.01, 0.6),
+            entry("classification", "covidx", "asg", 0.01, 0.8),
+            entry("classification", "nih", "asg", 1.0, 0.7),
+            entry("classification", "rsna", "asg", 1.0, 0.9, probe=False),  # not a probe
+            entry("segmentation", "siim", "asg", 0.1, 0.42),
+        ]
+    )
+    document = {
+        "protocol": {"name": "t", "source": "t.yaml", "description": ""},
+        "models": {"asg": "m"},
+        "counts": {"done": 5, "failed": 0, "skipped": 0},
+        "runs": runs,
+    }
+    markdown = write_report(tmp_path, document).markdown
+    probe_table = markdown.split("**Linear probe classification (ASG paper layout)**")[1]
+    header, _, random_row, asg_row = probe_table.strip().splitlines()[:4]
+    # NIH before COVIDx as in the paper; COVIDx judged by accuracy, the others by AUROC.
+    assert header.startswith("| start | nih AUROC 1% | nih AUROC 10% | nih AUROC 100% | covidx ACC")
+    assert "rsna" not in header  # RSNA ran fine-tuned only, not as a probe
+    assert asg_row == "| ASG | - | - | 0.700 | 0.400 | - | - |"
+    assert random_row == "| random init | - | - | - | 0.300 | - | - |"
+    segmentation = markdown.split("**Segmentation, frozen encoder (ASG paper layout)**")[1]
+    assert "| ASG | - | 0.420 | - |" in segmentation
+
+
+def test_report_shows_zero_shot_f1_and_accuracy_with_their_threshold_rule(tmp_path):
+    run = Run("evaluate", "zero-shot", "rsna", "gkmvlp", 1.0, 0)
+    results = {"auroc": 0.71, "f1": 0.52, "accuracy": 0.64, "threshold_rule": "RULE X"}
+    document = {
+        "protocol": {"name": "t", "source": "t.yaml", "description": ""},
+        "models": {"gkmvlp": "m"},
+        "counts": {"done": 1, "failed": 0, "skipped": 0},
+        "runs": {run.name: {"run": run.to_dict(), "status": "done", "results": results}},
+    }
+    markdown = write_report(tmp_path, document).markdown
+    table = markdown.split("**Zero-shot classification**")[1]
+    assert "| rsna AUROC | rsna F1 | rsna accuracy |" in table
+    assert "| GK-MVLP | 0.710 | 0.520 | 0.640 |" in table
+    assert "Zero-shot F1 and accuracy on rsna: RULE X." in markdown

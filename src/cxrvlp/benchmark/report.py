@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrvlp.benchmark.protocol import RANDOM_INIT
-from cxrvlp.tasks.evaluation import EVALUATIONS
+from cxrvlp.tasks.evaluation import EVALUATIONS, ZERO_SHOT
 
 # How tables name the starting models the demo and the protocols use; other names as given.
 MODEL_NAMES = {RANDOM_INIT: "random init", "gkmvlp": "GK-MVLP", "itc": "ITC-only", "asg": "ASG"}
@@ -36,12 +36,14 @@ class TaskMetrics:
     detail: tuple[str, ...]
 
 
-def task_metrics(task: str) -> TaskMetrics:
-    """The metrics a task declares in its registry entry."""
+def task_metrics(task: str, dataset: str | None = None) -> TaskMetrics:
+    """The metrics a task declares in its registry entry (for ``dataset``, where the task
+    judges that data set by another headline metric)."""
     from cxrvlp.tasks.finetune import task_class
 
     cls = task_class(task)
-    return TaskMetrics(cls.display_name, cls.headline_metric, cls.detail_metrics)
+    headline = getattr(cls, "dataset_headlines", {}).get(dataset, cls.headline_metric)
+    return TaskMetrics(cls.display_name, headline, cls.detail_metrics)
 
 
 @dataclass
@@ -104,6 +106,8 @@ class Family:
     key: str
     task: str
     metrics: TaskMetrics
+    dataset: str = ""
+    mode: str = ""  # "linear probe" or "fine-tune"
     cells: dict[tuple[str, float], Cell] = field(default_factory=dict)
 
     @property
@@ -125,7 +129,9 @@ def families(document: dict[str, Any]) -> list[Family]:
         mode = "linear probe" if run["linear_probe"] else "fine-tune"
         key = f"{run['task']} / {run['dataset']} / {mode}"
         if key not in found:
-            found[key] = Family(key, run["task"], task_metrics(run["task"]))
+            found[key] = Family(
+                key, run["task"], task_metrics(run["task"], run["dataset"]), run["dataset"], mode
+            )
         family = found[key]
         cell = family.cells.setdefault((run["model"], float(run["fraction"])), Cell())
         cell.runs.append(entry["results"])
@@ -192,6 +198,44 @@ def headline_table(document: dict[str, Any], found: list[Family]) -> Table:
     return Table("Headline: each task family at its largest label fraction", header, rows)
 
 
+# The ASG paper's downstream tables (Li et al., "Anatomical structure-guided medical
+# vision-language pre-training"): (title, task, mode, data sets in its column order).
+PAPER_LAYOUT = (
+    ("Linear probe classification (ASG paper layout)", "classification", "linear probe",
+     ("nih", "chexpert", "rsna", "covidx")),
+    ("Segmentation, frozen encoder (ASG paper layout)", "segmentation", "linear probe",
+     ("siim", "rsna")),
+)  # fmt: skip
+PAPER_FRACTIONS = (0.01, 0.1, 1.0)
+
+
+def paper_tables(document: dict[str, Any], found: list[Family]) -> list[Table]:
+    """The runs in the ASG paper's layout: a row per starting model, for each data set its
+    headline metric at 1 %, 10 % and 100 % of the labels, so the figures sit beside the
+    paper's at a glance. A layout with none of its runs done is left out."""
+    models = model_order(document)
+    tables = []
+    for title, task, mode, datasets in PAPER_LAYOUT:
+        chosen = {f.dataset: f for f in found if f.task == task and f.mode == mode and f.dataset}
+        present = [d for d in datasets if d in chosen]
+        if not present:
+            continue
+        header = ["start"] + [
+            f"{d} {chosen[d].metrics.headline[1]} {f:.0%}" for d in present for f in PAPER_FRACTIONS
+        ]
+        rows = [
+            [model_name(m)]
+            + [
+                chosen[d].cell(m, f).show(chosen[d].metrics.headline[0])
+                for d in present
+                for f in PAPER_FRACTIONS
+            ]
+            for m in models
+        ]
+        tables.append(Table(title, header, rows))
+    return tables
+
+
 def family_tables(document: dict[str, Any], family: Family) -> list[Table]:
     models = model_order(document)
     metric, label = family.metrics.headline
@@ -253,6 +297,34 @@ def pretrained_table(document: dict[str, Any]) -> Table | None:
             row.append("-" if value is None else f"{value:.3f}")
         rows.append(row)
     return Table("Pre-trained models, no fine-tuning", ["model", *columns], rows)
+
+
+def zero_shot_table(document: dict[str, Any]) -> tuple[Table | None, list[str]]:
+    """Zero-shot AUROC, F1 and accuracy per data set (one row a model), and the threshold
+    rule each data set's F1 and accuracy were scored with."""
+    metrics = EVALUATIONS[ZERO_SHOT].metrics
+    by_model: dict[str, dict[str, dict]] = {}
+    rules: dict[str, str] = {}
+    for entry in document["runs"].values():
+        run = entry["run"]
+        if run["kind"] != "evaluate" or run["task"] != ZERO_SHOT or entry["status"] != "done":
+            continue
+        by_model.setdefault(run["model"], {})[run["dataset"]] = entry["results"]
+        if "threshold_rule" in entry["results"]:
+            rules.setdefault(run["dataset"], entry["results"]["threshold_rule"])
+    if not by_model:
+        return None, []
+    datasets = list(dict.fromkeys(d for results in by_model.values() for d in results))
+    header = ["model"] + [f"{d} {label}" for d in datasets for _, label in metrics]
+    rows = []
+    for model in (m for m in model_order(document) if m in by_model):
+        row = [model_name(model)]
+        for dataset in datasets:
+            results = by_model[model].get(dataset, {})
+            row += ["-" if results.get(k) is None else f"{results[k]:.3f}" for k, _ in metrics]
+        rows.append(row)
+    notes = [f"Zero-shot F1 and accuracy on {d}: {rule}." for d, rule in rules.items()]
+    return Table("Zero-shot classification", header, rows), notes
 
 
 GROUNDING_MAPS = (
@@ -472,7 +544,9 @@ def write_report(
     found = families(document)
     headline = headline_table(document, found)
     tables = [t for family in found for t in family_tables(document, family)]
+    paper = paper_tables(document, found)
     pretrained = pretrained_table(document)
+    zero_shot, zero_shot_notes = zero_shot_table(document)
     grounding = grounding_table(document)
     problems = problems_table(document)
     lines = comparisons(document, found)
@@ -496,10 +570,14 @@ def write_report(
 
     md = [f"# {title}", "", headline.markdown()]
     md += [p + "\n" for p in paragraphs]
+    md += [table.markdown() for table in paper]
     if problems:
         md.append(problems.markdown())
     if pretrained:
         md.append(pretrained.markdown())
+    if zero_shot:
+        md.append(zero_shot.markdown())
+        md += [note + "\n" for note in zero_shot_notes]
     if grounding:
         md.append(grounding.markdown())
     md += [table.markdown() for table in tables]
@@ -528,10 +606,14 @@ def write_report(
         headline.html("h2"),
     ]
     parts += [f"<p>{html.escape(p)}</p>" for p in paragraphs]
+    parts += [table.html("h2") for table in paper]
     if problems:
         parts.append(problems.html("h2"))
     if pretrained:
         parts.append(pretrained.html("h2"))
+    if zero_shot:
+        parts.append(zero_shot.html("h2"))
+        parts += [f"<p>{html.escape(note)}</p>" for note in zero_shot_notes]
     if grounding:
         parts.append(grounding.html("h2"))
     parts.append("<h2>Every task family</h2>")

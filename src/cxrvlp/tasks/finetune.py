@@ -93,7 +93,9 @@ class TaskContext:
 class FinetuneTask(Protocol):
     """The contract every downstream task class meets. A task may also define
     ``prepare_training(ctx, model, train_set)``, run once before the first optimiser step of a
-    fine-tuning run (not when a run is re-scored); the dict it returns goes into results.json."""
+    fine-tuning run (not when a run is re-scored); the dict it returns goes into results.json;
+    and ``dataset_headlines`` {data set: (results key, label)} where a data set is judged by
+    another metric than the task's headline (COVIDx classification: accuracy)."""
 
     name: ClassVar[str]
     display_name: ClassVar[str]  # how reports and tables name the task

@@ -1,6 +1,13 @@
 """Zero-shot classification: each class is scored by how much closer an image's ITC embedding
 is to a positive prompt ("there is <finding>") than to a negative one ("no <finding>"), with no
-training; AUROC per class against the data set's labels (CLIP-style, as in CheXzero)."""
+training; AUROC per class against the data set's labels (CLIP-style, as in CheXzero).
+
+F1 and accuracy need a threshold per class. It is chosen on the data set's validation split
+(`VALIDATION_SPLITS`), never on the test labels: the F1-maximising threshold over that split's
+scores (ties: the lower threshold). A class with no validation positive, and every class of a
+data set without a validation split apart from its test split (CheXpert: its ``valid`` split is
+the test split), takes 0.5 on the softmax over the prompt pair: the image is closer to the
+positive prompt than to the negative one. ``threshold_rule`` in the results says which applied."""
 
 from __future__ import annotations
 
@@ -14,7 +21,11 @@ from transformers import PreTrainedTokenizerBase
 
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.export import Pretrained
-from cxrvlp.metrics.classification import classification_metrics, roc_curves
+from cxrvlp.metrics.classification import (
+    classification_metrics,
+    f1_maximising_thresholds,
+    roc_curves,
+)
 from cxrvlp.recipes.batch import tokenize
 
 # Label names as reports word them (the rest: lower case, underscores as spaces).
@@ -35,6 +46,15 @@ NEGATIVE_PROMPT = "no {}."
 UNPROMPTABLE = {"no finding"}
 
 DATASETS = {"rsna": "test", "nih": "test", "chexpert": "valid"}
+# The split each data set's thresholds are chosen on; None (or absent): none apart from the test
+# split. NIH's is the 15 % of the patient split used without the official split lists (the
+# official split has no validation part, so it is empty there).
+VALIDATION_SPLITS: dict[str, str | None] = {"rsna": "validate", "nih": "validate", "chexpert": None}
+FALLBACK_THRESHOLD = 0.5
+FALLBACK_RULE = (
+    f"{FALLBACK_THRESHOLD} on the softmax over the positive/negative prompt pair (the image "
+    "is closer to the positive prompt)"
+)
 
 
 def finding_phrase(label: str) -> str:
@@ -89,6 +109,9 @@ def zero_shot_scores(
         parts["p"].append(logits.softmax(dim=-1)[..., 0].cpu())
         parts["y"].append(batch["labels"][:, columns])
         parts["m"].append(batch["label_mask"][:, columns])
+    if not parts["p"]:  # an empty split, or no image could be read
+        empty = torch.zeros(0, len(names))
+        return empty, empty.clone(), empty.bool(), names
     return torch.cat(parts["p"]), torch.cat(parts["y"]), torch.cat(parts["m"]), names
 
 
@@ -109,9 +132,69 @@ def zero_shot(
     split = split or DATASETS[dataset_name]
     dataset = reader_class(dataset_name)(root, split=split, transform=pretrained.transform)
     scores, labels, masks, names = zero_shot_scores(pretrained, dataset, batch_size, progress)
-    results = classification_metrics(scores, labels, masks, names)
+    if len(scores) == 0:
+        raise ValueError(f"the {split} split of {dataset_name} in {root} has no readable images")
+    thresholds, chosen = validation_thresholds(
+        pretrained, dataset_name, root, split, batch_size, progress
+    )
+    results = classification_metrics(scores, labels, masks, names, thresholds)
+    results |= chosen
     results["roc"] = roc_curves(scores, labels, masks, names)
     results["prompts"] = {"positive": POSITIVE_PROMPT, "negative": NEGATIVE_PROMPT}
     results["dataset"] = dataset_name
+    results["split"] = split
     results["test_samples"] = len(dataset)
     return results
+
+
+def validation_thresholds(
+    pretrained: Pretrained,
+    dataset_name: str,
+    root: str,
+    test_split: str,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Thresholds (C,) for the promptable classes, chosen without the ``test_split`` labels,
+    and what to record: ``threshold_rule`` (the rule in words), ``threshold_split`` (None when
+    no split was used), ``threshold_samples`` (its images) and ``threshold_fallback_classes``
+    (the classes at the fall-back threshold)."""
+    from cxrvlp.data.readers import reader_class
+
+    reader = reader_class(dataset_name)
+    names = [n for n in reader.label_names if n.lower() not in UNPROMPTABLE]
+    split = VALIDATION_SPLITS.get(dataset_name)
+    if split is None:
+        return _fallback(names, f"{dataset_name} has no validation split apart from its test split")
+    if split == test_split:
+        return _fallback(names, f"the validation split {split!r} is the split under test")
+    dataset = reader(root, split=split, transform=pretrained.transform)
+    if len(dataset) == 0:
+        return _fallback(names, f"the {split} split of {dataset_name} is empty")
+    scores, labels, masks, _ = zero_shot_scores(pretrained, dataset, batch_size, progress)
+    if len(scores) == 0:
+        return _fallback(names, f"no image of the {split} split could be read")
+    chosen = f1_maximising_thresholds(scores, labels, masks)
+    fallback = [name for name, threshold in zip(names, chosen, strict=True) if threshold.isnan()]
+    rule = (
+        f"per class, the F1-maximising threshold on the {split} split ({len(scores)} images; "
+        "ties: the lower threshold); never the test labels"
+    )
+    if fallback:
+        rule += f"; {FALLBACK_RULE} for the classes without a positive {split} label: "
+        rule += ", ".join(fallback)
+    return chosen.nan_to_num(FALLBACK_THRESHOLD), {
+        "threshold_rule": rule,
+        "threshold_split": split,
+        "threshold_samples": len(scores),
+        "threshold_fallback_classes": fallback,
+    }
+
+
+def _fallback(names: list[str], why: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    return torch.full((len(names),), FALLBACK_THRESHOLD), {
+        "threshold_rule": f"{FALLBACK_RULE}, for every class ({why}); never the test labels",
+        "threshold_split": None,
+        "threshold_samples": 0,
+        "threshold_fallback_classes": names,
+    }
