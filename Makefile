@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/synth_throughput.py
 	$(PY) benchmarks/pretrain_step.py
 	$(PY) benchmarks/localization_step.py
+	$(PY) benchmarks/segmentation_step.py
 	$(PY) benchmarks/vqa_scoring.py
 
 clean:

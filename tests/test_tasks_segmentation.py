@@ -85,9 +85,11 @@ def test_scores_accumulate_over_batches_like_one_call():
 
 
 # ---- the model ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("stride", "stages"), [(16, 4), (32, 5), (12, 3)])
-def test_decoder_upsamples_any_stride_to_the_image(stride, stages):
-    decoder = ProgressiveUpsamplingDecoder(in_channels=48, stride=stride, width=64)
+@pytest.mark.parametrize(
+    ("stride", "output_stride", "stages"), [(16, 4, 2), (32, 4, 3), (12, 4, 1), (16, 1, 4)]
+)
+def test_decoder_upsamples_any_stride_to_the_image(stride, output_stride, stages):
+    decoder = ProgressiveUpsamplingDecoder(48, stride, width=64, output_stride=output_stride)
     assert len(decoder.stages) == stages
     logits = decoder(torch.randn(2, 48, 4, 4), size=4 * stride)
     assert logits.shape == (2, 1, 4 * stride, 4 * stride)

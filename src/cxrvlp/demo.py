@@ -30,6 +30,7 @@ from cxrvlp.benchmark.protocol import (
 )
 from cxrvlp.benchmark.report import MODEL_NAMES, summary_line, write_report
 from cxrvlp.benchmark.runner import Setup
+from cxrvlp.synth.world import COHORTS
 
 DESCRIPTION = """Run the whole pipeline on a synthetic world and write a report.
 
@@ -53,11 +54,13 @@ RECIPES = {
 }  # fmt: skip
 # The quick demo fits the 15 minutes a newcomer waits: a smaller world, a shorter detector and
 # pre-training, GK-MVLP against random init (`pretrain.models=[gkmvlp,asg]` adds ASG: about 20
-# minutes). The full demo is the 81-run protocol's world, with ITC-only and ASG beside GK-MVLP.
+# minutes). The full demo is the full protocol's world, with ITC-only and ASG beside GK-MVLP.
 QUICK = {
     "protocol": "quick",
+    # The quick protocol reads neither SIIM nor COVIDx: their cohorts are not rendered.
     "world": {"studies": 500, "image_size": 192, "downstream_fraction": 0.4,
-              "cohort_studies": {"rsna": 700}, "seed": 0},
+              "cohort_studies": {"rsna": 700}, "seed": 0,
+              "cohorts": ["mimic", "rsna", "nih", "chexpert", "iu_xray", "vqa_rad", "slake"]},
     "threads": 2,
     "workers": 2,
     "jobs": 2,  # two benchmark runs side by side, one thread each: 6 min against 8 on 2 cores
@@ -70,8 +73,10 @@ QUICK = {
 FULL = {
     **QUICK,
     "protocol": "full",
+    # SIIM and COVIDx as large as RSNA, so that 1 % of their labels is several patients.
     "world": {"studies": 900, "image_size": 256, "downstream_fraction": 0.4,
-              "cohort_studies": {"rsna": 1000}, "seed": 0},
+              "cohort_studies": {"rsna": 1000, "siim": 1000, "covidx": 1000}, "seed": 0,
+              "cohorts": list(COHORTS)},
     "detector": {"image_size": 160, "batch_size": 4, "max_steps": 120},
     "pretrain": {"config": None, "batch_size": 32, "lr": 5.0e-4, "warmup_steps": 40,
                  "max_steps": 300, "max_minutes": None, "models": ["gkmvlp", "itc", "asg"]},
@@ -196,7 +201,7 @@ class Demo:
             cohort_sizes=tuple(sorted((k, int(v)) for k, v in w.cohort_studies.items())),
             workers=int(self.config.workers),
         )
-        _, sample = generate_world(config)
+        _, sample = generate_world(config, cohorts=tuple(w.cohorts))
         if sample:
             contact_sheet(sample[:12], self.world / "preview.png")
 

@@ -13,7 +13,8 @@ from cxrvlp.synth.world import COHORTS, WorldConfig, run_timed
 DESCRIPTION = """\
 Render a synthetic chest X-ray world with known truth (anatomy, 29 region boxes, findings,
 reports, VQA pairs) and export it as MIMIC-CXR-JPG + reports, Chest ImaGenome, RSNA, NIH,
-CheXpert, IU X-Ray, VQA-RAD and SLAKE, each a cohort of its own patients, plus truth.jsonl.
+CheXpert, IU X-Ray, VQA-RAD, SLAKE, SIIM-ACR (pneumothorax masks) and COVIDx (COVID-19-like
+pneumonia), each a cohort of its own patients, plus truth.jsonl.
 """
 
 

@@ -18,8 +18,9 @@ gzip carries no time or file name, PNG no time chunk, DICOM no timestamp and onl
 derived from the study.
 
 Truth rows (one per exported image) carry ``split`` in the dataset's own split names
-(MIMIC ``validate``, CheXpert ``valid``, NIH ``train_val``, ...; RSNA ships everything as
-``train``). Splits are per patient: a patient keeps the split of its first study.
+(MIMIC ``validate``, CheXpert ``valid``, NIH ``train_val``, COVIDx ``val``, ...; RSNA and SIIM
+ship everything as ``train``). Splits are per patient: a patient keeps the split of its first
+study. SIIM rows add ``pneumothorax_pixels``, the size of the image's exported mask.
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS, CHEXPERT_CSV_LABELS, CHEXPERT_LABELS
 from cxrvlp.synth.anatomy import Box
 from cxrvlp.synth.questions import balance_closed_answers
+from cxrvlp.synth.render import pneumothorax_mask
 from cxrvlp.synth.report import Mention, Report
-from cxrvlp.synth.scene import FINDING_TYPES
+from cxrvlp.synth.scene import COVID_NAME, FINDING_TYPES
 from cxrvlp.synth.study import RenderedStudy
 
 WORLD_SPLITS = ("train", "validate", "test")
@@ -97,6 +100,10 @@ NIH_PIXEL_SPACINGS = (0.143, 0.139, 0.168)
 CHEXPERT_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_CSV_LABELS)
 CHEXPERT_ROOT = "CheXpert-v1.0-small"
 VQA_RAD_IMAGES = "VQA_RAD Image Folder"
+SIIM_RLE_HEADER = "ImageId, EncodedPixels"  # with the leading space, as shipped
+SIIM_IMAGES = "dicom-images-train"
+# COVIDx gathers public sets; each patient comes from one (its data_source), in turn.
+COVIDX_SOURCES = ("bimcv", "ricord", "rsna", "sirm")
 
 # SLAKE ships Chinese copies of its questions; these translate the closed presence questions.
 CHINESE_FINDINGS = {
@@ -119,6 +126,7 @@ CHINESE_FINDINGS = {
     "enteric tube": "胃管",
     "central venous catheter": "中心静脉导管",
     "pacemaker": "起搏器",
+    COVID_NAME: "新型冠状病毒肺炎",
 }
 CHINESE_ANSWERS = {"yes": "是", "no": "否"}
 
@@ -612,10 +620,7 @@ class RsnaExporter(Exporter):
         # The real class file repeats the patient's class once per label row.
         self._classes += [{"patientId": patient_id, "class": kind}] * len(label_rows)
         path = self.base / "stage_2_train_images" / f"{patient_id}.dcm"
-        dataset = _rsna_dicom(study, patient_id)
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        _write_bytes(path, buffer.getvalue())
+        _write_dicom(path, _rsna_dicom(study, patient_id))
         return [
             self._truth(
                 study,
@@ -641,6 +646,12 @@ class RsnaExporter(Exporter):
 _RESCALES: tuple[tuple[str, str] | None, ...] = (None, ("1", "-1024"), ("0.5", "0"))
 
 
+def _write_dicom(path: Path, dataset: pydicom.Dataset) -> None:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    _write_bytes(path, buffer.getvalue())
+
+
 def _rsna_dicom(study: RenderedStudy, patient_id: str) -> pydicom.Dataset:
     """A CR DICOM whose correct display (modality LUT, then MONOCHROME1 inverted) is the image.
 
@@ -655,21 +666,59 @@ def _rsna_dicom(study: RenderedStudy, patient_id: str) -> pydicom.Dataset:
     stored = np.round(np.clip(study.frontal, 0.0, 1.0) * top).astype(np.uint16)
     if monochrome1:
         stored = (top - stored).astype(np.uint16)  # high values display dark in MONOCHROME1
+    ds = _kaggle_dicom(
+        study,
+        source="rsna",
+        key=patient_id,
+        patient_id=patient_id,
+        sop_class=ComputedRadiographyImageStorage,
+        stored=stored,
+        bits=bits,
+        photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2",
+        spacing=NIH_PIXEL_SPACINGS[variant[3] % 3],
+    )
+    slope, intercept = (1.0, 0.0) if rescale is None else (float(rescale[0]), float(rescale[1]))
+    if rescale is not None:
+        ds.RescaleIntercept, ds.RescaleSlope = rescale[1], rescale[0]
+        ds.RescaleType = "US"
+    if variant[4] % 2 == 0:
+        low, high = intercept, slope * top + intercept
+        ds.WindowCenter = f"{(low + high) / 2:.10g}"
+        ds.WindowWidth = f"{high - low:.10g}"
+    return ds
+
+
+def _kaggle_dicom(
+    study: RenderedStudy,
+    *,
+    source: str,
+    key: str,
+    patient_id: str,
+    sop_class: str,
+    stored: np.ndarray,
+    bits: int,
+    photometric: str,
+    spacing: float,
+) -> pydicom.Dataset:
+    """The de-identified frontal DICOM of the Kaggle sets built on NIH images (RSNA, SIIM):
+    placeholder date and time, the patient id as name, ``view: PA`` as series description,
+    and UIDs derived from (source, key). ``stored`` holds ``bits`` of uint8 or uint16 pixels.
+    """
 
     def uid(kind: str) -> str:
-        return generate_uid(entropy_srcs=["cxrvlp", "rsna", patient_id, kind])
+        return generate_uid(entropy_srcs=["cxrvlp", source, key, kind])
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = uid("instance")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = pydicom.Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    # RSNA's de-identified dates and times are all the same placeholder.
+    # The Kaggle sets' de-identified dates and times are all the same placeholder.
     ds.StudyDate = "19010101"
     ds.StudyTime = "000000.00"
     ds.AccessionNumber = ""
@@ -691,22 +740,15 @@ def _rsna_dicom(study: RenderedStudy, patient_id: str) -> pydicom.Dataset:
     ds.InstanceNumber = 1
     ds.PatientOrientation = ""
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = stored.shape
-    ds.PixelSpacing = [f"{NIH_PIXEL_SPACINGS[variant[3] % 3]}"] * 2
-    ds.BitsAllocated = 16
+    ds.PixelSpacing = [f"{spacing}"] * 2
+    ds.BitsAllocated = 8 if stored.dtype == np.uint8 else 16
     ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 0
-    slope, intercept = (1.0, 0.0) if rescale is None else (float(rescale[0]), float(rescale[1]))
-    if rescale is not None:
-        ds.RescaleIntercept, ds.RescaleSlope = rescale[1], rescale[0]
-        ds.RescaleType = "US"
-    if variant[4] % 2 == 0:
-        low, high = intercept, slope * top + intercept
-        ds.WindowCenter = f"{(low + high) / 2:.10g}"
-        ds.WindowWidth = f"{high - low:.10g}"
-    ds.PixelData = stored.astype("<u2").tobytes()
+    data = stored.astype("<u2").tobytes() if ds.BitsAllocated == 16 else stored.tobytes()
+    ds.PixelData = data + b"\0" * (len(data) % 2)  # values have even length
     return ds
 
 
@@ -1091,6 +1133,140 @@ def _chinese_copy(study: RenderedStudy) -> list[tuple]:
     return []
 
 
+# ---- SIIM-ACR Pneumothorax -----------------------------------------------------------------------
+
+
+class SiimExporter(Exporter):
+    """SIIM-ACR Pneumothorax: train-rle.csv (one row per image, ``-1`` without pneumothorax) and
+    one 8-bit MONOCHROME2 DICOM per image, as on Kaggle, under
+    ``dicom-images-train/<StudyInstanceUID>/<SeriesInstanceUID>/<ImageId>.dcm`` with ImageId
+    the SOPInstanceUID. The mask is `render.pneumothorax_mask`: the pneumothorax as drawn.
+    Everything is ``train`` (the labelled release); readers split it themselves.
+    """
+
+    folder = "siim"
+    split_names: ClassVar[dict[str, str]] = {s: "train" for s in WORLD_SPLITS}
+
+    def __init__(self, out_dir: Path) -> None:
+        # The reader's own encoding, so that its decoding is the exact inverse. Imported here:
+        # the readers' package imports torch, which no other exporter needs.
+        from cxrvlp.data.readers.siim import encode_rle
+
+        super().__init__(out_dir)
+        self._encode_rle = encode_rle
+        self._rows: list[str] = []
+
+    def add(self, study: RenderedStudy) -> list[dict]:
+        _check_frontal(study)
+        split = self._split(study)
+        patient_id = str(uuid.UUID(bytes=_digest("siim", study.patient_index)[:16], version=4))
+        ds = _kaggle_dicom(
+            study,
+            source="siim",
+            key=f"{patient_id}/{study.study_index}",
+            patient_id=patient_id,
+            sop_class=SecondaryCaptureImageStorage,
+            stored=_pixels8(study.frontal),
+            bits=8,
+            photometric="MONOCHROME2",
+            spacing=NIH_PIXEL_SPACINGS[_number("siim-spacing", study.patient_index) % 3],
+        )
+        image_id = str(ds.SOPInstanceUID)
+        mask = pneumothorax_mask(study.scene)
+        self._rows.append(f"{image_id},{self._encode_rle(mask)}")
+        series = self.base / SIIM_IMAGES / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+        path = series / f"{image_id}.dcm"
+        _write_dicom(path, ds)
+        row = self._truth(
+            study,
+            path,
+            study.frontal,
+            image_id=image_id,
+            study_id=str(ds.StudyInstanceUID),
+            patient_id=patient_id,
+            view=study.scene.anatomy.view,
+            split=split,
+            regions=study.scene.region_boxes(),
+        )
+        return [row | {"pneumothorax_pixels": int(mask.sum())}]
+
+    def close(self) -> None:
+        _write_text(
+            self.base / "train-rle.csv",
+            "".join(f"{line}\n" for line in [SIIM_RLE_HEADER, *self._rows]),
+        )
+
+
+# ---- COVIDx CXR ----------------------------------------------------------------------------------
+
+
+class CovidxExporter(Exporter):
+    """COVIDx CXR-3: train.txt, val.txt and test.txt, one image a line
+    (``patient_id filename class data_source``, class ``positive`` exactly when the scene has
+    COVID-19 pneumonia), images in train/, val/ and test/: PNG, and JPEG from two of the
+    sources, as the real release mixes them."""
+
+    folder = "covidx"
+    split_names: ClassVar[dict[str, str]] = {"train": "train", "validate": "val", "test": "test"}
+
+    def __init__(self, out_dir: Path) -> None:
+        super().__init__(out_dir)
+        self._numbers = _IdAllocator(1, 99_999, "COVIDx patient")
+        self._numbers_of: dict[int, int] = {}  # patient_index -> number in its names
+        self._lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+
+    def add(self, study: RenderedStudy) -> list[dict]:
+        _check_frontal(study)
+        split = self._split(study)
+        source = COVIDX_SOURCES[study.patient_index % len(COVIDX_SOURCES)]
+        patient_id, filename = self._names(study, source)
+        label = "negative" if study.scene.finding(COVID_NAME) is None else "positive"
+        self._lines[split].append(f"{patient_id} {filename} {label} {source}")
+        path = self.base / split / filename
+        _save_image(path, study.frontal)
+        return [
+            self._truth(
+                study,
+                path,
+                study.frontal,
+                image_id=filename,
+                study_id=PurePosixPath(filename).stem,
+                patient_id=patient_id,
+                view=study.scene.anatomy.view,
+                split=split,
+                regions=study.scene.region_boxes(),
+            )
+        ]
+
+    def close(self) -> None:
+        for split, lines in self._lines.items():
+            _write_text(self.base / f"{split}.txt", "".join(f"{line}\n" for line in lines))
+
+    def _names(self, study: RenderedStudy, source: str) -> tuple[str, str]:
+        """(patient_id, file name) in the style of the patient's source."""
+        if study.patient_index not in self._numbers_of:
+            self._numbers_of[study.patient_index] = self._numbers.claim(
+                "covidx", study.patient_index
+            )
+        number, index = self._numbers_of[study.patient_index], study.study_index
+        if source == "bimcv":
+            patient = f"sub-S{number:05d}"
+            view = study.scene.anatomy.view.lower()
+            return (
+                patient,
+                f"{patient}_ses-E{10 * number + index:06d}_run-1_bp-chest_vp-{view}_cr.png",
+            )
+        if source == "ricord":
+            patient = f"MIDRC-RICORD-1C-419639-{number:06d}"
+            return patient, f"{patient}-{index + 1:05d}-0.jpg"
+        if source == "rsna":
+            patient = str(
+                uuid.UUID(bytes=_digest("covidx-rsna", study.patient_index)[:16], version=4)
+            )
+            return patient, f"{patient}.png" if index == 0 else f"{patient}-{index}.png"
+        return str(number), f"SIRM-{number:05d}-{index + 1}.jpeg"
+
+
 EXPORTERS: dict[str, type[Exporter]] = {
     "mimic": MimicExporter,
     "rsna": RsnaExporter,
@@ -1099,4 +1275,6 @@ EXPORTERS: dict[str, type[Exporter]] = {
     "iu_xray": IuXrayExporter,
     "vqa_rad": VqaRadExporter,
     "slake": SlakeExporter,
+    "siim": SiimExporter,
+    "covidx": CovidxExporter,
 }

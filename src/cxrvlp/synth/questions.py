@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrvlp.synth.scene import DEVICE_NAMES, FINDING_TYPES, Scene
+from cxrvlp.synth.scene import (
+    COVID_NAME,
+    DEVICE_NAMES,
+    FINDING_TYPES,
+    SAMPLED_FINDINGS,
+    Scene,
+    implied_findings,
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,14 @@ class QuestionAnswer:
 
 
 # Findings named without an article ("Is there atelectasis?").
-MASS_NOUNS = {"consolidation", "pneumonia", "lung opacity", "atelectasis", "pulmonary edema"}
+MASS_NOUNS = {
+    "consolidation",
+    "pneumonia",
+    "lung opacity",
+    "atelectasis",
+    "pulmonary edema",
+    COVID_NAME,
+}
 LATERAL = (
     "pleural effusion",
     "pneumothorax",
@@ -45,13 +59,14 @@ LATERAL = (
 LOCATIONS = {
     **dict.fromkeys(LATERAL, "Lung"),
     "pulmonary edema": "Lung",
+    COVID_NAME: "Lung",
     "fracture": "Chest",
     "cardiomegaly": "Heart",
     "enlarged cardiomediastinum": "Mediastinum",
     **dict.fromkeys(DEVICE_NAMES, "Chest"),
 }
 # Answers to "How large / how severe is ...?": findings graded in words of degree.
-DEGREE_FINDINGS = {"pulmonary edema", "cardiomegaly", "enlarged cardiomediastinum"}
+DEGREE_FINDINGS = {"pulmonary edema", "cardiomegaly", "enlarged cardiomediastinum", COVID_NAME}
 DEGREE_WORDS = {"small": "mild", "moderate": "moderate", "large": "severe"}
 SIDE_ANSWERS = {"right": "right", "left": "left", "bilateral": "both"}
 
@@ -89,8 +104,13 @@ def _closed(scene: Scene, rng: np.random.Generator) -> list[QuestionAnswer]:
             QuestionAnswer(question, _yes_no(answer), "CLOSED", kind, content, location)
         )
 
+    implied = implied_findings(scene)
     for name in FINDING_TYPES:
         present = scene.finding(name) is not None
+        if not present and (name not in SAMPLED_FINDINGS or name in implied):
+            # Findings only enriched cohorts have are asked about where present: a scene
+            # without them draws the same questions as before they existed.
+            continue
         if name == "cardiomegaly":
             if rng.random() < 0.5:
                 ask("Is the heart size normal?", not present, "SIZE", "Size", "Heart")
@@ -111,6 +131,8 @@ def _closed(scene: Scene, rng: np.random.Generator) -> list[QuestionAnswer]:
         ask(template.format(_named(name)), present, "PRES", "Abnormality", LOCATIONS[name])
 
     for name in LATERAL:
+        if name in implied:
+            continue
         finding = scene.finding(name)
         for side in ("right", "left"):
             # Ask about the scene's own findings and their other side: the hard negatives.

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 
 from cxrvlp.synth.anatomy import Anatomy
-from cxrvlp.synth.scene import SEVERITY_CONTRAST, Finding, Scene, rib_v
+from cxrvlp.synth.scene import COVID_NAME, SEVERITY_CONTRAST, Finding, Scene, rib_v
 
 POSTERIOR_RIBS = range(1, 12)
 # Peak attenuation each diffuse finding adds at full severity (before SEVERITY_CONTRAST).
@@ -26,6 +26,8 @@ AIRSPACE_DENSITY = {
     "lung opacity": 0.17,
     "atelectasis": 0.24,
 }
+# Ground glass is fainter than consolidation: the vessels stay visible through it.
+GROUND_GLASS_DENSITY = 0.13
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -299,6 +301,9 @@ def _findings_smooth(
             collapsed = _pneumothorax_space(layers, finding)
             added -= 0.1 * (0.5 + 0.5 * contrast) * collapsed
             markings_keep *= 1.0 - collapsed
+        elif finding.name == COVID_NAME:
+            # Ground glass leaves the lung markings visible: markings_keep is untouched.
+            added += GROUND_GLASS_DENSITY * contrast * _covid_haze(layers, finding)
         elif finding.name == "pulmonary edema":
             hila = np.exp(-(((np.abs(layers.u) - 0.3) / 0.28) ** 2) - ((layers.v - 0.5) / 0.3) ** 2)
             haze = hila * (0.6 + 0.4 * _texture(layers, finding.shape["texture_seed"], 3.0))
@@ -306,15 +311,59 @@ def _findings_smooth(
     return added, markings_keep
 
 
-def _pneumothorax_space(layers: _Layers, finding: Finding) -> np.ndarray:
-    a = layers.anatomy
+def _covid_haze(layers: _Layers, finding: Finding) -> np.ndarray:
+    """Patchy ground glass in [0, 1]: the union of the finding's patch ellipses (zero outside
+    each ellipse, so the boxes `scene._place_covid` computes enclose it), within the lungs."""
+    texture = _texture(layers, finding.shape["texture_seed"], 2.0)
+    haze = {"right": np.zeros_like(layers.u), "left": np.zeros_like(layers.u)}
+    for patch in finding.shape["patches"]:
+        r = np.hypot(
+            (layers.u - patch["u"]) / patch["radius_u"], (layers.v - patch["v"]) / patch["radius_v"]
+        )
+        side = patch["side"]
+        haze[side] = np.maximum(haze[side], _smoothstep((1.0 - r) / 0.7))
+    inside = haze["right"] * _side_lung(layers, "right") + haze["left"] * _side_lung(layers, "left")
+    return inside * (0.6 + 0.4 * texture)
+
+
+def _pneumothorax_geometry(
+    anatomy: Anatomy, finding: Finding, u: np.ndarray, v: np.ndarray
+) -> np.ndarray:
+    """Where a pneumothorax leaves air (bool, at canonical points ``u``, ``v``): the rim of its
+    lung between the chest wall (and apex) and the visceral pleural line, above ``extent``.
+
+    The one geometry both of the drawn space (`_pneumothorax_space`) and of the mask
+    (`pneumothorax_mask`)."""
     depth, extent = finding.shape["depth"], finding.shape["extent"]
     sign = -1.0 if finding.laterality == "right" else 1.0
-    taper = np.clip(1.0 - layers.v / extent, 0.0, 1.0) ** 0.5
-    au = np.abs(layers.u)
-    rim = (au > a.lateral_edge(layers.v) - depth * taper) | (layers.v < a.apex(au) + depth * taper)
-    space = a.lung_mask(layers.u, layers.v) & rim & (sign * layers.u > 0) & (layers.v < extent)
+    taper = np.clip(1.0 - v / extent, 0.0, 1.0) ** 0.5
+    au = np.abs(u)
+    rim = (au > anatomy.lateral_edge(v) - depth * taper) | (v < anatomy.apex(au) + depth * taper)
+    return anatomy.lung_mask(u, v) & rim & (sign * u > 0) & (v < extent)
+
+
+def _pneumothorax_space(layers: _Layers, finding: Finding) -> np.ndarray:
+    space = _pneumothorax_geometry(layers.anatomy, finding, layers.u, layers.v)
     return gaussian_filter(space.astype(np.float32), 0.7)
+
+
+def pneumothorax_mask(scene: Scene) -> np.ndarray:
+    """The scene's pneumothorax as drawn: bool (height, width), all False without one.
+
+    `_pneumothorax_geometry` evaluated, unblurred, at every pixel centre of the full-resolution
+    image. The renderer darkens the same geometry evaluated on its half-resolution grid, blurred
+    (sigma 0.7 of that grid) and upsampled bilinearly, so the darkened space's soft edge lies
+    within about a pixel of the mask's edge. Exported as SIIM-ACR's segmentation mask.
+    """
+    a = scene.anatomy
+    finding = scene.finding("pneumothorax")
+    if finding is None:
+        return np.zeros((a.height, a.width), bool)
+    x, y = np.meshgrid(
+        np.arange(a.width, dtype=np.float32) + 0.5, np.arange(a.height, dtype=np.float32) + 0.5
+    )
+    u, v = a.to_canonical(x, y)
+    return _pneumothorax_geometry(a, finding, u.astype(np.float32), v.astype(np.float32))
 
 
 def _draw_pleural_line(layers: _Layers, finding: Finding) -> None:
@@ -488,6 +537,10 @@ def render_lateral(scene: Scene, rng: np.random.Generator, markers: bool = True)
                 radius = max(lesion["radius_v"], 0.03)
                 distance = np.hypot((p - 0.6) / (radius * 1.4), (q - lesion["v"]) / radius)
                 attenuation += 0.18 * contrast * _soft_inside(1.0 - distance, 0.3) * lung
+        elif finding.name == COVID_NAME:
+            # Both lower lobes' ground glass overlaps the posterior lung bases.
+            basal = _soft_inside(q - 0.6, 0.15) * _soft_inside(0.3 - np.abs(p - 0.65), 0.15)
+            attenuation += 0.08 * contrast * basal * lung
     attenuation = _upsample(attenuation.astype(np.float32), width, height)
     fine = Image.new("F", (width, height), 0.0)
     draw = ImageDraw.Draw(fine)

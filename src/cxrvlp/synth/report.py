@@ -17,7 +17,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from cxrvlp.synth.scene import FINDING_TYPES, ZONE_REGION, Finding, Scene
+from cxrvlp.synth.scene import (
+    COVID_NAME,
+    FINDING_TYPES,
+    ZONE_REGION,
+    Finding,
+    Scene,
+    implied_findings,
+)
 from cxrvlp.text.chexpert_rules import combine_statements
 
 
@@ -136,6 +143,7 @@ SEVERITY_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
         "moderate": ("minimally displaced",),
         "large": ("comminuted", "markedly displaced"),
     },
+    COVID_NAME: {"small": ("mild", "faint"), "moderate": ("moderate",), "large": ("extensive",)},
 }
 SEVERITY_ADVERBS = {"small": "mildly", "moderate": "moderately", "large": "markedly"}
 
@@ -153,6 +161,7 @@ NEGATED_NAMES: dict[str, tuple[str, ...]] = {
     "cardiomegaly": ("cardiomegaly",),
     "enlarged cardiomediastinum": ("mediastinal widening",),
     "fracture": ("displaced fracture", "acute rib fracture"),
+    COVID_NAME: ("ground-glass opacity", "findings of viral pneumonia"),
 }
 # How often an absent finding is negated, before the per-report factor.
 NEGATION_RATES = {
@@ -168,6 +177,8 @@ NEGATION_RATES = {
     "atelectasis": 0.12,
     "nodule": 0.08,
     "mass": 0.05,
+    # COVID-19 pneumonia is never negated: it is present only in its enriched cohort, and a
+    # rate here would change the draws of every other report.
 }
 # How a finding of an earlier study is named once it has gone ("left pleural effusion").
 RESOLVED_NAMES = {
@@ -182,8 +193,13 @@ RESOLVED_NAMES = {
     "enlarged cardiomediastinum": "mediastinal widening",
     "nodule": "nodule",
     "mass": "mass",
+    COVID_NAME: "ground-glass opacity",
 }
-PLURALS = {"pleural effusion": "pleural effusions", "opacity": "opacities"}
+PLURALS = {
+    "pleural effusion": "pleural effusions",
+    "opacity": "opacities",
+    "ground-glass opacity": "ground-glass opacities",
+}
 # Regions a negation speaks of: where the finding would have been looked for.
 TYPICAL_REGIONS: dict[str, tuple[str, ...]] = {
     "pleural effusion": ("right costophrenic angle", "left costophrenic angle"),
@@ -202,6 +218,7 @@ TYPICAL_REGIONS: dict[str, tuple[str, ...]] = {
     "enteric tube": ("abdomen",),
     "central venous catheter": ("svc",),
     "pacemaker": ("right atrium", "cardiac silhouette"),
+    COVID_NAME: ("right lower lung zone", "left lower lung zone"),
 }
 PARENCHYMAL = (
     "consolidation",
@@ -211,6 +228,7 @@ PARENCHYMAL = (
     "pulmonary edema",
     "nodule",
     "mass",
+    COVID_NAME,
 )
 # Order of topics in a findings section: lines and tubes, lungs, pleura, heart, bones.
 GROUPS = {
@@ -493,7 +511,31 @@ def _fracture_wording(finding: Finding, sev: str) -> _Wording:
     return _Wording(phrases)
 
 
+def _covid_wording(finding: Finding, sev: str) -> _Wording:
+    """Bilateral peripheral ground glass, basal or mid and basal, named as viral pneumonia."""
+    zones = [
+        z
+        for z in ("upper", "mid", "lower")
+        if z in _zones(finding, "right") + _zones(finding, "left")
+    ]
+    where = "at both lung bases" if zones == ["lower"] else f"in both {_join(zones)} lung zones"
+    opacities = f"{sev} bilateral peripheral ground-glass opacities"
+    return _Wording(
+        (
+            _Phrase(opacities, "plural"),
+            _Phrase(f"{opacities} {where}", "plural"),
+            _Phrase(f"{sev} multifocal peripheral ground-glass opacities {where}", "plural"),
+        ),
+        (
+            f"{_cap(opacities)}, predominantly in the lower lungs, compatible with viral "
+            "pneumonia / COVID-19.",
+            f"{_cap(sev)} peripheral hazy opacities {where}, consistent with COVID-19 pneumonia.",
+        ),
+    )
+
+
 _WORDINGS = {
+    COVID_NAME: _covid_wording,
     "pleural effusion": _effusion_wording,
     "pneumothorax": _pneumothorax_wording,
     "pulmonary edema": _edema_wording,
@@ -927,11 +969,12 @@ def _resolution(before: Finding, rng: np.random.Generator) -> _Sentence | None:
 def _negations(scene: Scene, mentioned: set[str], rng: np.random.Generator) -> list[_Sentence]:
     """Negate a varying random subset of the absent findings, some in shared sentences."""
     present = {f.name for f in scene.findings}
+    unsaid = present | mentioned | implied_findings(scene)
     factor = rng.uniform(0.5, 1.3)
     chosen = {
         name
         for name, rate in NEGATION_RATES.items()
-        if name not in present and name not in mentioned and rng.random() < min(1.0, rate * factor)
+        if name not in unsaid and rng.random() < min(1.0, rate * factor)
     }
     sentences = _cardiac_normal(chosen, rng)
     if "fracture" in chosen:

@@ -33,6 +33,7 @@ class FindingType:
     lateralities: dict[str, float]
 
 
+COVID_NAME = "covid-19 pneumonia"  # bilateral peripheral basal ground glass (COVIDx)
 FINDING_TYPES: dict[str, FindingType] = {
     t.name: t
     for t in (
@@ -212,9 +213,28 @@ FINDING_TYPES: dict[str, FindingType] = {
             0.04,
             {"left": 0.85, "right": 0.15},
         ),
+        # Weight 0: never drawn at random, only where a cohort is enriched with it (COVIDx).
+        FindingType(
+            COVID_NAME,
+            "disease",
+            "pneumonia",
+            ("Pneumonia", "Lung Opacity"),
+            "Pneumonia",
+            None,
+            True,
+            0.0,
+            {"bilateral": 1.0},
+        ),
     )
 }
 DEVICE_NAMES = ("endotracheal tube", "enteric tube", "central venous catheter", "pacemaker")
+# Findings the world draws at random (scenes, follow-up studies, questions about absent
+# findings); the others (weight 0) appear only where a cohort is enriched with them, so that
+# adding one changes no existing cohort.
+SAMPLED_FINDINGS = tuple(name for name, kind in FINDING_TYPES.items() if kind.weight > 0)
+# Findings a present one makes true in words: a report never negates them beside it and no
+# question asks about them as absent ("no pneumonia" beside COVID-19 pneumonia).
+IMPLIED_FINDINGS = {COVID_NAME: ("pneumonia", "lung opacity")}
 
 
 @dataclass(frozen=True)
@@ -277,6 +297,11 @@ class Scene:
 
     def region_boxes(self) -> dict[str, Box]:
         return self.anatomy.region_boxes()
+
+
+def implied_findings(scene: Scene) -> set[str]:
+    """Names the scene's findings imply (`IMPLIED_FINDINGS`); empty for most scenes."""
+    return {name for f in scene.findings for name in IMPLIED_FINDINGS.get(f.name, ())}
 
 
 # ---- placement of each kind of finding ---------------------------------------------------
@@ -410,6 +435,67 @@ def _place_pneumothorax(rng, anatomy, side, severity, boxes):
     return {"depth": depth, "extent": extent}, [box], regions
 
 
+# COVID-19 pneumonia: faint ground-glass patches in both lungs, along the chest wall, mostly
+# basal. Per severity: patches per lung (inclusive range) and the (u, v) semi-axes' ranges.
+COVID_PATCHES = {"small": (2, 3), "moderate": (3, 4), "large": (4, 6)}
+COVID_RADII = {
+    "small": ((0.1, 0.14), (0.06, 0.08)),
+    "moderate": ((0.13, 0.18), (0.07, 0.1)),
+    "large": ((0.16, 0.22), (0.09, 0.12)),
+}
+COVID_PERIPHERY = 0.2  # patch centres lie within this many u units of the chest wall
+COVID_TOP_V = 0.5  # and in the lower half of the lung: the lower zone or the mid zone's base
+COVID_BASAL_SHARE = 0.7  # of the patches after each lung's first (always basal) one
+
+
+def _place_covid(rng, anatomy, severity, boxes):
+    """Bilateral, peripheral, lower-zone-predominant patches. A lung's box encloses its patch
+    ellipses within the lung: where the renderer's ``_covid_haze`` puts density (which is zero
+    outside the ellipses), give or take the image blur."""
+    low, high = COVID_PATCHES[severity]
+    (ru_low, ru_high), (rv_low, rv_high) = COVID_RADII[severity]
+    patches, lesion_boxes, regions = [], [], []
+    for side in ("right", "left"):
+        us, vs = anatomy.lung_points(side)
+        peripheral = (np.abs(us) >= anatomy.lateral_edge(vs) - COVID_PERIPHERY) & (
+            vs >= COVID_TOP_V
+        )
+        basal = peripheral & (vs >= ZONE_LIMITS["lower"][0])
+        covered = np.zeros(len(us), bool)
+        zones = set()
+        for index in range(int(rng.integers(low, high + 1))):
+            wanted = (
+                basal if index == 0 or rng.random() < COVID_BASAL_SHARE else peripheral & ~basal
+            )
+            pool = np.flatnonzero(wanted if wanted.any() else peripheral)
+            pick = pool[rng.integers(len(pool))]
+            patch = {
+                "side": side,
+                "u": float(us[pick]),
+                "v": float(vs[pick]),
+                "radius_u": float(rng.uniform(ru_low, ru_high)),
+                "radius_v": float(rng.uniform(rv_low, rv_high)),
+            }
+            inside = (
+                np.hypot(
+                    (us - patch["u"]) / patch["radius_u"], (vs - patch["v"]) / patch["radius_v"]
+                )
+                <= 1.0
+            )
+            covered |= inside
+            patch_box = Box.around(*anatomy.to_image(us[inside], vs[inside]))
+            zones.update(_regions_overlapping(anatomy, patch_box, side, boxes))
+            patches.append(patch)
+        lesion_boxes.append(Box.around(*anatomy.to_image(us[covered], vs[covered])))
+        regions += [
+            f"{side} {ZONE_REGION[z]}"
+            for z in ("upper", "mid", "lower")
+            if f"{side} {ZONE_REGION[z]}" in zones
+        ]
+    shape = {"patches": patches, "texture_seed": int(rng.integers(2**31))}
+    return shape, lesion_boxes, regions
+
+
 def _place_fracture(rng, anatomy, side, boxes):
     if rng.random() < 0.2:
         u = _sign(side) * float(rng.uniform(0.35, 0.7))
@@ -503,6 +589,8 @@ def place_finding(
         )
     elif name == "fracture":
         shape, lesion_boxes, regions = _place_fracture(rng, anatomy, laterality, boxes)
+    elif name == COVID_NAME:
+        shape, lesion_boxes, regions = _place_covid(rng, anatomy, severity, boxes)
     elif name == "pulmonary edema":
         shape = {"texture_seed": int(rng.integers(2**31))}
         # A diffuse process: it hazes both lungs, densest around the hila.
@@ -547,7 +635,7 @@ def sample_scene(
     if rng.random() < normal_fraction:
         return Scene(anatomy, ())
     count = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
-    names = list(FINDING_TYPES)
+    names = list(SAMPLED_FINDINGS)
     weights = np.array([FINDING_TYPES[n].weight for n in names])
     chosen = rng.choice(len(names), size=count, replace=False, p=weights / weights.sum())
     boxes = anatomy.region_boxes()

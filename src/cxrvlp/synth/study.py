@@ -20,7 +20,7 @@ class RenderedStudy:
     patient's studies from 0 in time order.
     """
 
-    cohort: str  # "mimic", "rsna", "nih", "chexpert", "iu_xray", "vqa_rad", "slake"
+    cohort: str  # a COHORTS name: "mimic", "rsna", "nih", ..., "siim", "covidx"
     patient_index: int
     study_index: int
     seed: int  # the study's own seed: identifiers may be derived from it

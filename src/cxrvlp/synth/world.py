@@ -24,7 +24,14 @@ from cxrvlp.synth.anatomy import sample_anatomy
 from cxrvlp.synth.questions import write_questions
 from cxrvlp.synth.render import render_frontal, render_lateral
 from cxrvlp.synth.report import ReportNoise, write_report
-from cxrvlp.synth.scene import FINDING_TYPES, Scene, place_finding, sample_scene
+from cxrvlp.synth.scene import (
+    COVID_NAME,
+    FINDING_TYPES,
+    SAMPLED_FINDINGS,
+    Scene,
+    place_finding,
+    sample_scene,
+)
 from cxrvlp.synth.study import RenderedStudy
 
 
@@ -38,8 +45,12 @@ class CohortSpec:
     lateral_fraction: float  # share of studies that also have a lateral view
     studies_per_patient: tuple[float, ...]  # probabilities of 1, 2, 3 ... studies
     split_fractions: tuple[float, float, float]  # train, validate, test
+    # (finding, probability): each study's scene gets the finding with that probability (on
+    # top of the findings drawn for it), as a data set built around one finding has it often.
+    enriched: tuple[tuple[str, float], ...] = ()
 
 
+# The cohort's index in COHORTS seeds its patients: new cohorts go at the end.
 COHORTS: dict[str, CohortSpec] = {
     spec.name: spec
     for spec in (
@@ -50,6 +61,10 @@ COHORTS: dict[str, CohortSpec] = {
         CohortSpec("iu_xray", 1.0, 0.0, 1.0, (1.0,), (0.7, 0.1, 0.2)),
         CohortSpec("vqa_rad", 1.0, 0.3, 0.0, (1.0,), (0.75, 0.0, 0.25)),
         CohortSpec("slake", 1.0, 0.3, 0.0, (1.0,), (0.7, 0.1, 0.2)),
+        # SIIM-ACR: about 22 % of images have a pneumothorax; a margin keeps tiny worlds mixed.
+        CohortSpec("siim", 1.0, 0.3, 0.0, (1.0,), (0.7, 0.15, 0.15), (("pneumothorax", 0.3),)),
+        # COVIDx: about half positive; many of its films are portable AP.
+        CohortSpec("covidx", 1.0, 0.5, 0.0, (1.0,), (0.8, 0.1, 0.1), ((COVID_NAME, 0.5),)),
     )
 }
 SPLITS = ("train", "validate", "test")
@@ -62,6 +77,8 @@ DATA_FOLDERS = {
     "iu_xray": {"iu-xray": "iu_xray"},
     "vqa_rad": {"vqa-rad": "vqa_rad"},
     "slake": {"slake": "slake"},
+    "siim": {"siim": "siim"},
+    "covidx": {"covidx": "covidx"},
 }
 DATA_FILE = "data.yaml"
 
@@ -134,10 +151,26 @@ def _evolve(rng: np.random.Generator, previous: Scene) -> Scene:
     anatomy = previous.base_anatomy
     if rng.random() < 0.3:
         present = {f.name for f in kept}
-        candidates = [name for name in FINDING_TYPES if name not in present]
+        candidates = [name for name in SAMPLED_FINDINGS if name not in present]
         name = candidates[int(rng.integers(len(candidates)))]
         kept = (*kept, place_finding(rng, anatomy, name, anatomy.region_boxes()))
     return Scene(anatomy, kept)
+
+
+def _enrich(
+    rng: np.random.Generator, scene: Scene, enriched: tuple[tuple[str, float], ...]
+) -> Scene:
+    """The scene with each enriched finding added with its probability (a new placement
+    replaces one of the same name). No draws without enrichment: other cohorts are as before."""
+    for name, probability in enriched:
+        if rng.random() < probability:
+            anatomy = scene.base_anatomy
+            added = place_finding(rng, anatomy, name, anatomy.region_boxes())
+            findings = [*scene.without(name).findings, added]
+            order = list(FINDING_TYPES)
+            findings.sort(key=lambda finding: order.index(finding.name))
+            scene = Scene(anatomy, tuple(findings))
+    return scene
 
 
 def render_patient(task: PatientTask) -> list[RenderedStudy]:
@@ -158,6 +191,7 @@ def render_patient(task: PatientTask) -> list[RenderedStudy]:
         scene = (
             sample_scene(study_rng, anatomy) if previous is None else _evolve(study_rng, previous)
         )
+        scene = _enrich(study_rng, scene, spec.enriched)
         frontal = render_frontal(scene, study_rng)
         has_lateral = spec.lateral_fraction == 1.0 or (
             view == "PA" and study_rng.random() < spec.lateral_fraction

@@ -30,6 +30,10 @@ from cxrvlp.models.outputs import TaskOutput
 from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
 
 DECODER_WIDTH = 256  # channels after the first projection; each upsampling stage halves them
+# The decoder's features stop at a quarter of the image size and the logits are resized from
+# there (as SegFormer and DeepLab predict): the two full-size stages of SETR's decoder cost two
+# thirds of a CPU training step.
+OUTPUT_STRIDE = 4
 MIN_DECODER_WIDTH = 16
 NORM_GROUPS = 8  # GroupNorm: the batches of a CPU fine-tuning run are too small for BatchNorm
 EXAMPLES = 6
@@ -39,16 +43,22 @@ PICTURE_FILE = "predictions.png"
 class ProgressiveUpsamplingDecoder(nn.Module):
     """SETR's progressive upsampling decoder (Zheng et al. 2021): the patch map is projected,
     then doubled in resolution by (bilinear x2, 3x3 conv, GroupNorm, ReLU) stages until it
-    reaches the image, and a 1x1 convolution gives one logit per pixel.
+    reaches ``output_stride``, a 1x1 convolution gives one logit per pixel there, and the
+    logits are resized bilinearly to the image.
 
-    The number of stages is log2 of the encoder's stride (4 for a ViT with 16-pixel patches,
-    5 for a ResNet's stride 32); a stride that is not a power of two ends with one bilinear
-    resize to the image size.
+    With the default output stride 4 a ViT with 16-pixel patches has 2 stages and a ResNet's
+    stride 32 has 3; a stride that is not a power of two is covered by the final resize.
     """
 
-    def __init__(self, in_channels: int, stride: int, width: int = DECODER_WIDTH):
+    def __init__(
+        self,
+        in_channels: int,
+        stride: int,
+        width: int = DECODER_WIDTH,
+        output_stride: int = OUTPUT_STRIDE,
+    ):
         super().__init__()
-        stages = max(0, stride.bit_length() - 1)  # floor(log2(stride))
+        stages = max(0, (stride // output_stride).bit_length() - 1)  # floor(log2(ratio))
         widths = [max(MIN_DECODER_WIDTH, width >> i) for i in range(stages + 1)]
         self.project = nn.Conv2d(in_channels, widths[0], kernel_size=1)
         self.stages = nn.ModuleList(
@@ -67,9 +77,10 @@ class ProgressiveUpsamplingDecoder(nn.Module):
         features = self.project(grid)
         for stage in self.stages:
             features = stage(features)
-        if features.shape[-1] != size:
-            features = F.interpolate(features, size=(size, size), mode="bilinear")
-        return self.classify(features)
+        logits = self.classify(features)
+        if logits.shape[-1] != size:
+            logits = F.interpolate(logits, size=(size, size), mode="bilinear")
+        return logits
 
 
 class SegmentationModel(nn.Module):
