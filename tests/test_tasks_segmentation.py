@@ -14,7 +14,7 @@ from cxrvlp.data.readers.rsna import RSNAPneumoniaDataset
 from cxrvlp.engine.checkpoint import WEIGHTS_FILE, CheckpointManager, read_state_dict
 from cxrvlp.engine.seeding import seed_everything
 from cxrvlp.metrics.segmentation import SegmentationScores, segmentation_metrics
-from cxrvlp.models.vision import ImageEncoder
+from cxrvlp.models.vision import ImageEncoder, ResNetImageEncoder
 from cxrvlp.tasks.finetune import random_backbone
 from cxrvlp.tasks.segmentation import (
     PICTURE_FILE,
@@ -84,6 +84,25 @@ def test_scores_accumulate_over_batches_like_one_call():
         segmentation_metrics(predicted[0], truth[0])
 
 
+# ---- masks from RSNA boxes ----------------------------------------------------------------
+def test_rsna_masks_fill_the_pixels_whose_centres_lie_in_a_box(tmp_path):
+    # Two overlapping boxes with fractional corners on one patient, none on the other.
+    rows = ["patientId,x,y,width,height,Target", "p1,10.3,5.7,20.4,12.0,1"]
+    rows += ["p1,25.0,10.0,30.0,40.0,1", "p2,,,,,0"]
+    (tmp_path / "stage_2_train_labels.csv").write_text("\n".join(rows) + "\n")
+    dataset = RSNAPneumoniaDataset(tmp_path, labels_only=True, masks_from_boxes=True)
+    positive, negative = dataset.records
+    mask = dataset._mask(positive, 64, 80)
+    rows_c, cols_c = np.mgrid[:64, :80] + 0.5
+    inside = np.zeros((64, 80), bool)
+    for x1, y1, x2, y2 in positive.boxes:
+        inside |= (cols_c >= x1) & (cols_c < x2) & (rows_c >= y1) & (rows_c < y2)
+    np.testing.assert_array_equal(mask.astype(bool), inside)
+    assert mask.dtype == np.uint8 and mask.sum() == inside.sum() < 20.4 * 12 + 30 * 40
+    assert dataset._mask(negative, 64, 80).sum() == 0
+    assert RSNAPneumoniaDataset(tmp_path, labels_only=True)._mask(positive, 64, 80) is None
+
+
 # ---- the model ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("stride", "output_stride", "stages"), [(16, 4, 2), (32, 4, 3), (12, 4, 1), (16, 1, 4)]
@@ -122,6 +141,14 @@ def test_the_loss_learns_a_fixed_mask_and_empty_masks_push_predictions_down():
     assert scores["dice_positive"] > 0.8 and scores["dice"] > 0.8
     with pytest.raises(KeyError, match="mask"):
         model({"image": images})
+
+
+def test_the_resnet_encoder_gets_a_mask_of_its_input_size():
+    encoder = ResNetImageEncoder({"image_size": 64, "channels": 1})
+    model = SegmentationModel(encoder, linear_probe=True).eval()
+    assert len(model.decoder.stages) == 3  # stride 32 up to the output stride 4
+    with torch.no_grad():
+        assert model.logits(torch.randn(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
 def test_frozen_encoder_mode_trains_only_the_decoder():
