@@ -37,6 +37,7 @@ bench: install
 	$(PY) benchmarks/localization_step.py
 	$(PY) benchmarks/segmentation_step.py
 	$(PY) benchmarks/vqa_scoring.py
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -60,6 +60,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the tables.",
     ),
     "demo": ("cxrvlp.demo", "Run the whole pipeline on a synthetic world and write a report."),
+    "serve": (
+        "cxrvlp.serve.command",
+        "Serve a model bundle over HTTP: JSON API, web page, Prometheus metrics.",
+    ),
 }
 
 

@@ -4,12 +4,15 @@ Every image comes out as float32 (H, W) in [0, 1] as a radiologist sees it: dens
 (bone, mediastinum) bright, air dark. DICOM pixels go through the standard display pipeline:
 Modality LUT (or RescaleSlope/Intercept), then the VOI LUT or the first window (or, with
 neither, the range the stored bits can hold, unless the data fill only a sliver of it), then
-MONOCHROME1 is inverted.
+MONOCHROME1 is inverted. Bytes already in memory (a service's uploads) go through the same
+code: `read_dicom_bytes` then `dicom_display_pixels`, or `pillow_display_pixels`.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +39,7 @@ def load_image(path: str | Path) -> np.ndarray:
     when it cannot be decoded.
     """
     path = _require_file(path)
-    pixels = _load_dicom(path) if _is_dicom(path) else _load_pillow(path)
-    return np.clip(pixels, 0.0, 1.0).astype(np.float32)
+    return _display(_load_dicom(path) if _is_dicom(path) else _load_pillow(path))
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:
@@ -56,6 +58,37 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
+def read_dicom_bytes(data: bytes, source_name: str) -> pydicom.Dataset:
+    """A DICOM data set parsed from bytes in memory exactly as `load_image` parses a file.
+
+    Raises ImageReadError naming ``source_name`` when pydicom cannot parse it.
+    """
+    return _parse_dicom(io.BytesIO(data), source_name)
+
+
+def check_dicom_decoder(dataset: pydicom.Dataset, source_name: str) -> None:
+    """Raise ImageReadError when no installed decoder reads the pixels' compression."""
+    _check_decoder(source_name, dataset)
+
+
+def dicom_display_pixels(dataset: pydicom.Dataset, source_name: str) -> np.ndarray:
+    """The first frame of a parsed DICOM data set as `load_image` returns it: float32 (H, W).
+
+    Raises ImageReadError naming ``source_name`` for missing, undecodable or unsupported pixels.
+    """
+    return _display(_dicom_pixels(dataset, source_name))
+
+
+def pillow_display_pixels(picture: Image.Image, source_name: str) -> np.ndarray:
+    """An opened (not yet loaded) Pillow image decoded as `load_image` decodes a PNG or JPEG.
+
+    Raises ImageReadError naming ``source_name`` for truncated or corrupt data.
+    """
+    with _pillow_errors(source_name):
+        picture.load()
+        return _display(_pillow_to_gray(picture))
+
+
 def write_png(path: str | Path, image: np.ndarray, bits: int = 8) -> None:
     """Save (H, W) pixels in [0, 1] as an 8- or 16-bit grayscale PNG."""
     if bits not in (8, 16):
@@ -63,6 +96,10 @@ def write_png(path: str | Path, image: np.ndarray, bits: int = 8) -> None:
     top = (1 << bits) - 1
     levels = np.round(np.clip(np.asarray(image, np.float64), 0.0, 1.0) * top)
     Image.fromarray(levels.astype(np.uint8 if bits == 8 else np.uint16)).save(path, format="PNG")
+
+
+def _display(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(pixels, 0.0, 1.0).astype(np.float32)
 
 
 # ---- format detection ------------------------------------------------------------------------
@@ -93,17 +130,23 @@ def _is_dicom(path: Path) -> bool:
 
 def _load_pillow(path: Path) -> np.ndarray:
     # EXIF orientation is deliberately ignored: published boxes refer to the stored pixel grid.
+    with _pillow_errors(path), Image.open(path) as picture:
+        picture.load()
+        return _pillow_to_gray(picture)
+
+
+@contextmanager
+def _pillow_errors(source: Path | str):
+    """Pillow's errors for a damaged or implausible image as ImageReadError naming ``source``."""
     try:
-        with Image.open(path) as picture:
-            picture.load()
-            return _pillow_to_gray(picture)
+        yield
     except Image.DecompressionBombError as error:
         raise ImageReadError(
-            path, f"the image is implausibly large ({error})", "Check the file is a radiograph."
+            source, f"the image is implausibly large ({error})", "Check the file is a radiograph."
         ) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(
-            path, f"not a readable JPEG/PNG/DICOM image ({error})", _CORRUPT_FIX
+            source, f"not a readable JPEG/PNG/DICOM image ({error})", _CORRUPT_FIX
         ) from error
 
 
@@ -129,15 +172,25 @@ def _pillow_to_gray(picture: Image.Image) -> np.ndarray:
 
 
 def _read_dicom_dataset(path: Path, *, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    return _parse_dicom(path, path, stop_before_pixels=stop_before_pixels)
+
+
+def _parse_dicom(
+    source: Path | io.BytesIO, name: Path | str, *, stop_before_pixels: bool = False
+) -> pydicom.Dataset:
     try:
         # force: some archives write DICOM without the 128-byte preamble.
-        return pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(source, force=True, stop_before_pixels=stop_before_pixels)
     except Exception as error:  # pydicom raises many types for a damaged header
-        raise ImageReadError(path, f"not a readable DICOM file ({error})", _CORRUPT_FIX) from error
+        raise ImageReadError(name, f"not a readable DICOM file ({error})", _CORRUPT_FIX) from error
 
 
 def _load_dicom(path: Path) -> np.ndarray:
-    dataset = _read_dicom_dataset(path)
+    return _dicom_pixels(_read_dicom_dataset(path), path)
+
+
+def _dicom_pixels(dataset: pydicom.Dataset, path: Path | str) -> np.ndarray:
+    """The first frame through the display pipeline, float64 (not yet clipped)."""
     if "PixelData" not in dataset:
         raise ImageReadError(
             path, "no pixel data found: not a DICOM image, or its header is damaged", _CORRUPT_FIX
@@ -167,7 +220,7 @@ def _load_dicom(path: Path) -> np.ndarray:
     )
 
 
-def _check_decoder(path: Path, dataset: pydicom.Dataset) -> None:
+def _check_decoder(path: Path | str, dataset: pydicom.Dataset) -> None:
     syntax = dataset.file_meta.get("TransferSyntaxUID")
     if syntax is None or not syntax.is_compressed:
         return
@@ -190,7 +243,9 @@ def _check_decoder(path: Path, dataset: pydicom.Dataset) -> None:
         )
 
 
-def _grayscale_display(path: Path, stored: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
+def _grayscale_display(
+    path: Path | str, stored: np.ndarray, dataset: pydicom.Dataset
+) -> np.ndarray:
     """Stored values to [0, 1] display values before any MONOCHROME1 inversion."""
     values = apply_modality_lut(stored, dataset)
     if dataset.get("VOILUTSequence"):
@@ -221,7 +276,7 @@ def _apply_voi_lut_sequence(values: np.ndarray, dataset: pydicom.Dataset) -> np.
     return (output - low) / (high - low) if high > low else output * 0.0
 
 
-def _first_window(path: Path, dataset: pydicom.Dataset) -> tuple[float, float, str] | None:
+def _first_window(path: Path | str, dataset: pydicom.Dataset) -> tuple[float, float, str] | None:
     """(center, width, VOI LUT function) of the first window, or None when there is none."""
     if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
         return None

@@ -74,21 +74,21 @@ def _to_original(boxes: torch.Tensor, size: int, height: int, width: int) -> tor
 
 def predict_files(model: RegionDetector, paths: list[Path]) -> list[dict]:
     """Boxes of the 29 regions for each image file (DICOM accepted), in the file's pixels."""
-    transform = detector_transform(model.config.image_size, augment=False)
+    return [{"image": str(path), **predict_pixels(model, [load_image(path)])[0]} for path in paths]
+
+
+def predict_pixels(model: RegionDetector, images: list[np.ndarray]) -> list[dict]:
+    """Boxes of the 29 regions for each (H, W) image in [0, 1], in its own pixels: one
+    detector pass over the batch."""
+    size = model.config.image_size
+    transform = detector_transform(size, augment=False)
+    predictions = model.predict([transform(pixels).image for pixels in images])
     results = []
-    for path in paths:
-        pixels = load_image(path)
-        image = transform(pixels).image
-        prediction = model.predict([image])[0]
+    for pixels, prediction in zip(images, predictions, strict=True):
         height, width = pixels.shape
-        boxes = _to_original(prediction.boxes, model.config.image_size, height, width)
+        boxes = _to_original(prediction.boxes, size, height, width)
         results.append(
-            {
-                "image": str(path),
-                "width": width,
-                "height": height,
-                "regions": _regions_json(boxes, prediction),
-            }
+            {"width": width, "height": height, "regions": _regions_json(boxes, prediction)}
         )
     return results
 

@@ -1,0 +1,1 @@
+"""The `cxrvlp serve` web service: a FastAPI app over the library."""
