@@ -5,6 +5,7 @@ client, API keys on and off, each kind of bad input with its 4xx and message, th
 import asyncio
 import base64
 import io
+import json
 import re
 from pathlib import Path
 
@@ -147,6 +148,34 @@ def test_model_probes_and_questions(analyzer):
         assert empty.status_code == 422 and empty.json()["error"] == "bad_question"
         page = client.get("/")
         assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_a_fine_tuned_vqa_run_answers_over_its_vocabulary(
+    downstream_world, pretrained_bundle, tmp_path
+):
+    from cxrvlp.cli import main
+    from cxrvlp.tasks.vqa import load_vqa_run
+
+    run = tmp_path / "vqa"
+    argv = ["finetune", "vqa", "--pretrained", str(pretrained_bundle), "--dataset", "vqa-rad"]
+    argv += ["--root", str(downstream_world / "vqa_rad"), "--out", str(run)]
+    assert main([*argv, "--max-steps", "1", "--batch-size", "2", "--threads", "1", "--quiet"]) == 0
+    answers = json.loads((run / "answers.json").read_text())
+    model, backbone = load_vqa_run(run)
+    analyzer = Analyzer(load_pretrained(pretrained_bundle), vqa=(model, backbone))
+    with client_for(analyzer) as client:
+        assert client.get("/v1/model").json()["questions"] == "fine-tuned VQA head"
+        body = client.post(
+            "/v1/ask", files=upload(png_bytes(radiograph())), data={"question": "What organ?"}
+        ).json()
+        assert body["method"] == "fine-tuned VQA head" and body["finding"] is None
+        top = body["top"]
+        assert len(top) == min(5, len(answers)) and top[0]["answer"] == body["answer"]
+        assert all(t["answer"] in answers for t in top)
+        scores = [t["score"] for t in top]
+        assert scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-3
+    with pytest.raises(ValueError, match="not a `cxrvlp finetune vqa` run"):
+        load_vqa_run(pretrained_bundle)
 
 
 # ---- keys ---------------------------------------------------------------------------------

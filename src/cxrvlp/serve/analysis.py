@@ -97,10 +97,13 @@ class Answer:
 class Analyzer:
     """A loaded bundle (and region detector) ready to analyse batches of images."""
 
-    def __init__(self, bundle: Pretrained, detector: Any = None, beams: int = 1):
+    def __init__(self, bundle: Pretrained, detector: Any = None, beams: int = 1, vqa: Any = None):
+        """``vqa``: (VQA model, its backbone bundle) of a fine-tuned VQA run
+        (`tasks.vqa.load_vqa_run`); without it questions get the zero-shot yes/no answer."""
         self.bundle = bundle
         self.model = bundle.model.eval()
         self.detector = detector
+        self.vqa = vqa
         self.beams = beams
         self.device = next(self.model.parameters()).device
         self.input_size = int(self.model.image_encoder.image_size)
@@ -136,6 +139,7 @@ class Analyzer:
             "findings": self.findings,
             "generates_reports": self.can_generate,
             "region_detector": self.detector is not None,
+            "questions": "fine-tuned VQA head" if self.vqa else "zero-shot yes/no",
         }
 
     # ---- analysis ---------------------------------------------------------------------------
@@ -283,8 +287,11 @@ class Analyzer:
     # ---- questions --------------------------------------------------------------------------
     @torch.inference_mode()
     def ask(self, images: list[np.ndarray], questions: list[str]) -> list[Answer]:
-        """Yes/no answers to questions about one finding, from the zero-shot log-odds of the
+        """With a fine-tuned VQA run: its answer over its answer vocabulary (top 5). Without:
+        yes/no answers to questions about one finding, from the zero-shot log-odds of the
         finding's prompt pair (`tasks/vqa_zero_shot.py`); other questions get no answer."""
+        if self.vqa is not None:
+            return self._ask_vqa(images, questions)
         batch = torch.stack([self.bundle.transform(p).image for p in images]).to(self.device)
         _, pooled = self.model.image_encoder(batch)
         embeddings = self.model.image_embedding(pooled)
@@ -304,6 +311,31 @@ class Analyzer:
             yes = float(torch.sigmoid(torch.tensor(log_odds)))
             top = sorted([("yes", yes), ("no", 1.0 - yes)], key=lambda pair: -pair[1])
             answers.append(Answer(question, top[0][0], top, self.findings[row]))
+        return answers
+
+    def _ask_vqa(self, images: list[np.ndarray], questions: list[str]) -> list[Answer]:
+        model, backbone = self.vqa
+        file_boxes, _, _ = self._region_boxes(images)
+        transformed = [backbone.transform(p, b) for p, b in zip(images, file_boxes, strict=True)]
+        batch = torch.stack([t.image for t in transformed]).to(self.device)
+        boxes = whole_image_boxes(len(images), self.device)
+        if self.detector is not None:
+            boxes = torch.stack([torch.as_tensor(t.boxes) for t in transformed]).to(self.device)
+        ids, mask = tokenize(backbone.tokenizer, questions, int(backbone.config.text.max_length))
+        index, sign = finding_queries(questions, model.findings)
+        inputs = (batch, boxes, ids.to(self.device), mask.to(self.device), None)
+        logits = model.logits(*inputs, index.to(self.device), sign.to(self.device))
+        probabilities = logits.float().softmax(dim=-1).cpu()
+        answers = []
+        for question, row, (values, columns) in zip(
+            questions,
+            index.tolist(),
+            zip(*probabilities.topk(min(5, probabilities.shape[1])), strict=True),
+            strict=True,
+        ):
+            top = [(model.answers[c], float(v)) for v, c in zip(values, columns, strict=True)]
+            finding = model.findings[row] if row >= 0 else None
+            answers.append(Answer(question, top[0][0], top, finding))
         return answers
 
 

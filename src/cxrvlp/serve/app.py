@@ -300,7 +300,8 @@ def create_app(analyzer: Analyzer, settings: ServeSettings | None = None) -> Fas
         if not answer.answer:
             raise UploadError(
                 422, "unanswerable",
-                "This model answers yes/no questions about one finding it knows, e.g. 'Is "
+                "Without a fine-tuned VQA run (`cxrvlp serve --vqa RUN`) the model answers "
+                "yes/no questions about one finding it knows, e.g. 'Is "
                 "there a pneumothorax?' (the findings are listed at /v1/model).",
             )  # fmt: skip
         return JSONResponse(
@@ -309,7 +310,11 @@ def create_app(analyzer: Analyzer, settings: ServeSettings | None = None) -> Fas
                 "answer": answer.answer,
                 "top": [{"answer": a, "score": round(s, 4)} for a, s in answer.top[:5]],
                 "finding": answer.finding,
-                "method": "zero-shot prompt pair in the ITC space",
+                "method": (
+                    "fine-tuned VQA head"
+                    if analyzer.vqa is not None
+                    else "zero-shot prompt pair in the ITC space"
+                ),
                 "notice": NOTICE,
             }
         )

@@ -23,6 +23,7 @@ GET / is the web page; GET /docs the API; GET /metrics Prometheus metrics; GET /
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model bundle folder")
     parser.add_argument("--detector", type=Path, help="region detector folder (29 region boxes)")
+    parser.add_argument("--vqa", type=Path, help="`cxrvlp finetune vqa` run for /v1/ask")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key-file", type=Path, help="file holding the X-API-Key value")
@@ -58,13 +59,18 @@ def build_app(args: argparse.Namespace):
         from cxrvlp.detector.export import load_detector
 
         detector = load_detector(args.detector).to(args.device)
+    vqa = None
+    if args.vqa is not None:
+        from cxrvlp.tasks.vqa import load_vqa_run
+
+        vqa = load_vqa_run(args.vqa, device=args.device)
     settings = ServeSettings(
         api_key=api_key,
         limits=UploadLimits(max_bytes=int(args.max_upload_mb * 2**20)),
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
     )
-    return create_app(Analyzer(bundle, detector, beams=args.beams), settings)
+    return create_app(Analyzer(bundle, detector, beams=args.beams, vqa=vqa), settings)
 
 
 def run(args: argparse.Namespace) -> int:

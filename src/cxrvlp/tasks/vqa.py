@@ -590,3 +590,28 @@ def write_answers(path: Path, answers: list[str]) -> None:
 def write_predictions(path: Path, predictions: list[dict[str, Any]]) -> None:
     lines = (json.dumps(prediction, ensure_ascii=False) for prediction in predictions)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def load_vqa_run(run_dir: str | Path, device: str = "cpu") -> tuple[VQAModel, Any]:
+    """The fine-tuned VQA model of a `cxrvlp finetune vqa` RUN (its backbone architecture and
+    tokenizer, answers.json, the latest checkpoint), in eval mode, and its backbone bundle."""
+    from cxrvlp.engine.checkpoint import LATEST, CheckpointManager
+    from cxrvlp.export import load_pretrained
+    from cxrvlp.tasks.finetune import BACKBONE_DIR, FINETUNE_FILE
+
+    run_dir = Path(run_dir)
+    request = run_dir / FINETUNE_FILE
+    if not request.is_file() or json.loads(request.read_text()).get("task") != "vqa":
+        raise ValueError(f"{run_dir} is not a `cxrvlp finetune vqa` run (no vqa {FINETUNE_FILE})")
+    backbone = load_pretrained(run_dir / BACKBONE_DIR, device=device, weights=False)
+    answers = json.loads((run_dir / ANSWERS_FILE).read_text(encoding="utf-8"))
+    findings = finding_names()
+    # Placeholders of the right shape: the checkpoint holds the run's own prompt embeddings.
+    prompts = prompt_pair_embeddings(
+        backbone.model, backbone.tokenizer, findings, int(backbone.config.text.max_length)
+    )
+    model = VQAModel(backbone.model, answers, False, findings=findings, finding_prompts=prompts).to(
+        device
+    )
+    CheckpointManager(run_dir).load(LATEST, model, restore_rng=False)
+    return model.eval(), backbone
