@@ -3,7 +3,8 @@ pooled over every pixel of the test set.
 
 Per image, MONAI's ``ignore_empty=False`` rule is SIIM-ACR's: an image whose true mask is empty
 scores 1 when the prediction is empty too and 0 otherwise, so empty images reward a model that
-stays quiet on them. Papers differ on which average they print, so all three are reported.
+stays quiet on them (one that predicts nothing scores the share of empty images). Papers differ
+on which average they print, so all three are reported; the pooled Dice is the headline.
 """
 
 from __future__ import annotations

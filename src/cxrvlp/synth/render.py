@@ -27,7 +27,7 @@ AIRSPACE_DENSITY = {
     "atelectasis": 0.24,
 }
 # Ground glass is fainter than consolidation: the vessels stay visible through it.
-GROUND_GLASS_DENSITY = 0.13
+GROUND_GLASS_DENSITY = 0.2
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
