@@ -214,7 +214,9 @@ def draw_predictions(
             overlay = np.zeros((*mask.shape, 4), dtype=np.float32)
             overlay[mask.numpy()] = (*colour, 0.45)
             axis.imshow(overlay)
-            axis.set_title(f"{image_id[:16]} {what} ({int(mask.sum())} px)", fontsize=7)
+            # UIDs share their roots: the end of a long id tells the images apart.
+            name = image_id if len(image_id) <= 16 else "…" + image_id[-15:]
+            axis.set_title(f"{name} {what} ({int(mask.sum())} px)", fontsize=7)
     figure.suptitle("green: true mask; red: predicted mask (p >= 0.5)", fontsize=9)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
