@@ -143,7 +143,12 @@ def test_dry_run_lists_runs_skips_and_the_estimate(downstream_world, tmp_path, c
 def test_shipped_protocols_expand_to_their_run_lists():
     full = load_protocol("full", ["gkmvlp", "itc"])
     finetune = [run for run in full.runs if run.kind == "finetune"]
-    assert len(finetune) == 81
+    assert len(finetune) == 108  # 36 runs a starting model
+    segmentation = {
+        (run.dataset, run.linear_probe) for run in finetune if run.task == "segmentation"
+    }
+    assert segmentation == {("siim", True), ("rsna", True)}
+    assert len([run for run in finetune if run.dataset == "covidx"]) == 9
     localization = [run for run in finetune if run.task == "localization"]
     assert {run.seed for run in localization} == {0, 1} and len(localization) == 18
     assert Run("finetune", "localization", "rsna", "itc", 0.1, 1).name in {
@@ -155,6 +160,11 @@ def test_shipped_protocols_expand_to_their_run_lists():
     assert {run.fraction for run in quick.runs if run.kind == "finetune"} == {0.1, 1.0}
     paper = load_protocol("paper", ["gkmvlp"], ["seeds=[0]"])
     assert {run.fraction for run in paper.runs if run.kind == "finetune"} == {0.01, 0.1, 1.0}
+    assert {(run.task, run.dataset) for run in paper.runs if run.kind == "finetune"} >= {
+        ("segmentation", "siim"), ("segmentation", "rsna"), ("classification", "covidx"),
+    }  # fmt: skip
+    asg = load_protocol("asg", ["gkmvlp", "asg"])
+    assert len([run for run in asg.runs if run.kind == "finetune"]) == 3 * 18
     assert all(run.model != "random" for run in paper.runs if run.kind == "evaluate")
     pretraining = load_protocol("pretraining", ["report", "today"])
     assert {run.name for run in pretraining.runs if run.model == "today"} == {
@@ -262,7 +272,7 @@ def test_report_averages_seeds_and_says_level_for_a_tie(tmp_path):
 def test_report_lays_probe_and_segmentation_out_as_the_asg_paper(tmp_path):
     def entry(task, dataset, model, fraction, value, probe=True):
         run = Run("finetune", task, dataset, model, fraction, 0, linear_probe=probe)
-        results = {"auroc": value, "accuracy": value / 2, "dice": value, "task": task}
+        results = {"auroc": value, "accuracy": value / 2, "dice_global": value, "task": task}
         return run.name, {"run": run.to_dict(), "status": "done", "results": results}
 
     runs = dict(
