@@ -69,8 +69,8 @@ def radiograph_png() -> bytes:
 
 def tiny_bundle(folder: Path) -> Path:
     """A gkmvlp-tiny bundle with random weights, as a fresh export has it."""
+    from cxrvlp.bundle import write_bundle
     from cxrvlp.engine.seeding import seed_everything
-    from cxrvlp.export import write_bundle
     from cxrvlp.models.registry import create_model
     from cxrvlp.text.tokenizer import load_tokenizer, train_wordpiece
 

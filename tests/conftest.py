@@ -48,8 +48,8 @@ def downstream_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pretrained_bundle(downstream_world, tmp_path_factory) -> Path:
     """An untrained gkmvlp-tiny written as a model bundle (as `cxrvlp export` writes one)."""
+    from cxrvlp.bundle import write_bundle
     from cxrvlp.engine.seeding import seed_everything
-    from cxrvlp.export import write_bundle
     from cxrvlp.models.registry import create_model
     from cxrvlp.text.tokenizer import load_tokenizer
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from cxrvlp.cli import main
 from cxrvlp.constants import ASG_TAGS, CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.pretraining import sentences_by_region
-from cxrvlp.data.sample import ReportSections, Sample
+from cxrvlp.data.sample import Sample
 from cxrvlp.engine.checkpoint import CheckpointManager
 from cxrvlp.losses import (
     region_sentence_loss_terms,
@@ -31,6 +31,7 @@ from cxrvlp.models.registry import attach_prompts
 from cxrvlp.models.text import pool_word_pieces
 from cxrvlp.recipes.asg_batch import ASGCollator, WordLocator, entity_tags, tag_targets
 from cxrvlp.text.parse import parse_report
+from cxrvlp.text.sections import ReportSections
 from cxrvlp.text.tokenizer import load_tokenizer, train_wordpiece
 from pretrain_runs import cli, environment, final_weights, metrics
 

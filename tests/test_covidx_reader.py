@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cxrvlp.data.errors import MissingFileError
 from cxrvlp.data.readers import reader_class
 from cxrvlp.data.readers.covidx import COVIDxDataset
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.data.transforms import ResizePad
+from cxrvlp.errors import MissingFileError
 
 SOURCES = ("ricord", "sirm", "rsna", "bimcv")
 

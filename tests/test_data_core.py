@@ -8,10 +8,10 @@ from torch.utils.data import DataLoader
 
 from cxrvlp.data.base import CXRDataset
 from cxrvlp.data.cache import ImageCache, prepare_cache
-from cxrvlp.data.errors import MissingFileError, Problem
 from cxrvlp.data.labels import CHEXPERT_COMMON_POLICY, apply_uncertainty
 from cxrvlp.data.sample import Record, collate_samples
 from cxrvlp.data.splits import label_fraction, patient_split
+from cxrvlp.errors import MissingFileError, Problem
 
 PATIENTS = [f"p{i:05d}" for i in range(2000)]
 

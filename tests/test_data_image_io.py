@@ -17,8 +17,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cxrvlp.data.errors import DataError, ImageReadError, MissingFileError
 from cxrvlp.data.image_io import load_image, read_image_size, write_png
+from cxrvlp.errors import DataError, ImageReadError, MissingFileError
 from cxrvlp.synth.world import WorldConfig, generate_world
 
 

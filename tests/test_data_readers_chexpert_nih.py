@@ -18,10 +18,10 @@ import pytest
 
 from cxrvlp import cli
 from cxrvlp.constants import CHEXPERT_CSV_LABELS, NIH_LABELS
-from cxrvlp.data.errors import MissingFileError
 from cxrvlp.data.labels import CHEXPERT_COMMON_POLICY
 from cxrvlp.data.readers.chexpert import CheXpertDataset
 from cxrvlp.data.readers.nih import NIHDataset
+from cxrvlp.errors import MissingFileError
 
 WORLD_ARGS = ["--studies", "16", "--image-size", "96", "--cohorts", "mimic,nih,chexpert"]
 REAL_DATA = Path(importlib.util.find_spec("torchxrayvision").submodule_search_locations[0]) / "data"

@@ -16,12 +16,12 @@ import pytest
 from torch.utils.data import DataLoader
 
 from cxrvlp.cli import main
-from cxrvlp.data.errors import DataError, MissingFileError
 from cxrvlp.data.readers.iu_xray import IUXrayDataset, OpenIReports
 from cxrvlp.data.readers.pairs import ImageReportPairs
 from cxrvlp.data.readers.vqa import SLAKEDataset, VQARADDataset, normalize_answer
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.data.transforms import ResizePad
+from cxrvlp.errors import DataError, MissingFileError
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 
 from cxrvlp import cli
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS, CHEXPERT_LABELS
-from cxrvlp.data.errors import MissingFileError
 from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
 from cxrvlp.data.readers.mimic import MIMICCXRDataset
 from cxrvlp.data.sample import collate_samples
+from cxrvlp.errors import MissingFileError
 from cxrvlp.text.sections import (
     SECTIONED_COLUMNS,
     parse_mimic_report,

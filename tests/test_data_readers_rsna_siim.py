@@ -18,7 +18,6 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from torch.utils.data import DataLoader
 
 from cxrvlp.cli import main
-from cxrvlp.data.errors import DataError, MissingFileError
 from cxrvlp.data.readers.rsna import RSNAPneumoniaDataset
 from cxrvlp.data.readers.siim import (
     SIIMPneumothoraxDataset,
@@ -28,6 +27,7 @@ from cxrvlp.data.readers.siim import (
 )
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.data.transforms import ResizePad
+from cxrvlp.errors import DataError, MissingFileError
 from cxrvlp.synth.scene import FINDING_TYPES
 
 

@@ -17,8 +17,8 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from cxrvlp.bundle import load_pretrained
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
-from cxrvlp.export import load_pretrained
 from cxrvlp.serve.analysis import Analyzer
 from cxrvlp.serve.app import ServeSettings, create_app
 from cxrvlp.serve.batching import MicroBatcher

@@ -17,17 +17,18 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from pydicom.data import get_testdata_file
 
 from cxrvlp import cli
-from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
-from cxrvlp.data.image_io import load_image, write_png
-from cxrvlp.data.sample import ReportSections, Sample
-from cxrvlp.export import (
+from cxrvlp.bundle import (
     load_pretrained,
 )
+from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+from cxrvlp.data.image_io import load_image, write_png
+from cxrvlp.data.sample import Sample
 from cxrvlp.metrics.captioning import caption_metrics
 from cxrvlp.metrics.clinical import clinical_efficacy
 from cxrvlp.models.text import ReportDecoder
 from cxrvlp.tasks import generate_command
 from cxrvlp.tasks.generation import GenerationCollator, GenerationModel, decode
+from cxrvlp.text.sections import ReportSections
 
 REFERENCES = [
     "The heart is enlarged. There is a small left pleural effusion.",

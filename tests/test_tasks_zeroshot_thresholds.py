@@ -117,7 +117,7 @@ def test_classification_metrics_at_a_threshold_per_class():
 
 @pytest.fixture(scope="module")
 def pretrained(pretrained_bundle):
-    from cxrvlp.export import load_pretrained
+    from cxrvlp.bundle import load_pretrained
 
     return load_pretrained(pretrained_bundle)
 

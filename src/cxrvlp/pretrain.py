@@ -30,6 +30,7 @@ from cxrvlp.models.registry import (
     model_config,
     model_from_config,
 )
+from cxrvlp.viz.curves import plot_run_losses
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ def pretrain(
     if resume:
         trainer.resume(resume)
     summary = trainer.run()
+    plot_run_losses(run_dir)
     summary["images"] = len(dataset)
     summary["images_without_boxes"] = getattr(dataset, "n_missing_boxes", 0)
     summary["dataset_problems"] = len(dataset.problems)

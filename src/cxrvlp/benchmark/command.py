@@ -81,7 +81,7 @@ def random_architecture(bundles: dict[str, Path], chosen: str | None) -> str:
     """Random-init runs use the architecture of the first bundle, so they compare like with
     like, unless one is named."""
     from cxrvlp.benchmark.runner import DEFAULT_RANDOM_MODEL
-    from cxrvlp.export import EXPORT_FILE
+    from cxrvlp.bundle import EXPORT_FILE
 
     if chosen:
         return chosen

@@ -100,7 +100,7 @@ def skip_reason(setup: Setup, run: Run) -> str | None:
 def _bundle_config(bundle: Path | None) -> Any:
     """The bundle's model config, or None (random init, or an incomplete bundle: the run will
     fail and say so)."""
-    from cxrvlp.export import MODEL_CONFIG_FILE
+    from cxrvlp.bundle import MODEL_CONFIG_FILE
 
     if bundle is None or not (Path(bundle) / MODEL_CONFIG_FILE).is_file():
         return None

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrvlp.data.errors import DataError, MissingFileError, Problem
 from cxrvlp.data.labels import apply_uncertainty
 from cxrvlp.data.sample import Record, Sample, relative_or_absolute
 from cxrvlp.data.splits import label_fraction
+from cxrvlp.errors import DataError, MissingFileError, Problem
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from cxrvlp.data.errors import DataError, MissingFileError
 from cxrvlp.data.sample import relative_or_absolute
+from cxrvlp.errors import DataError, MissingFileError
 
 INDEX_FILE = "index.json"
 CACHE_VERSION = 1

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cxrvlp.data.errors import DataError
 from cxrvlp.data.readers import READERS, reader_class
+from cxrvlp.errors import DataError
 
 DESCRIPTION = """\
 Data set tools: `inspect` validates a data set root and counts what is in it, `prepare`

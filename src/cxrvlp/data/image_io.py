@@ -21,7 +21,7 @@ from PIL import Image
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 
-from cxrvlp.data.errors import ImageReadError, MissingFileError
+from cxrvlp.errors import ImageReadError, MissingFileError
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
-from cxrvlp.data.errors import DataError, MissingFileError
 from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset, finding_regions_of
 from cxrvlp.data.readers.mimic import MIMICCXRDataset
+from cxrvlp.errors import DataError, MissingFileError
 from cxrvlp.text.parse import Triplet, parse_report
 from cxrvlp.text.prompts import prompts_from_triplets
 

@@ -6,28 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# torch is imported only where a batch is stacked: text.parse imports ReportSections from
-# here, and parsing a report must not load torch.
+from cxrvlp.text.sections import ReportSections
+
+# torch is imported only where a batch is stacked: a reader's records must not load it.
 if TYPE_CHECKING:
     import numpy as np
     import torch
-
-
-@dataclass(frozen=True)
-class ReportSections:
-    """A report as sections; ``text`` is the whole report as shipped (may be empty)."""
-
-    findings: str = ""
-    impression: str = ""
-    text: str = ""
-
-    @property
-    def findings_and_impression(self) -> str:
-        return " ".join(part for part in (self.findings, self.impression) if part).strip()
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.findings.strip() or self.impression.strip())
 
 
 @dataclass

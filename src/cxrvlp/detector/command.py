@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cxrvlp.data.errors import DataError
+from cxrvlp.errors import DataError
 
 DESCRIPTION = """\
 Anatomical region detector (Faster R-CNN, 29 Chest ImaGenome regions, one box per region):

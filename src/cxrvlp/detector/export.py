@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cxrvlp.data.errors import MissingFileError
 from cxrvlp.engine.checkpoint import atomic_write, load_weights, read_state_dict, save_weights
+from cxrvlp.errors import MissingFileError
 from cxrvlp.models.detector import DetectorConfig, RegionDetector
 
 WEIGHTS = "model.safetensors"

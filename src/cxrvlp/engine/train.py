@@ -28,12 +28,10 @@ from cxrvlp.engine.checkpoint import CheckpointManager
 from cxrvlp.engine.data import GlobalBatchSampler, SeededSamples
 from cxrvlp.engine.metrics import MetricsLogger
 from cxrvlp.engine.precision import autocast, resolve_precision
-from cxrvlp.viz.curves import plot_losses
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-LOSSES_PICTURE = "losses.png"
 
 
 @dataclass
@@ -293,5 +291,4 @@ class Trainer:
         }
         if distributed.is_main_process():
             (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-            plot_losses(metrics.path, self.run_dir / LOSSES_PICTURE)
         return summary

@@ -22,9 +22,9 @@ def pretrained_folder(cfg: Mapping[str, Any]) -> Path | None:
     value = cfg.get("pretrained")
     if not value:
         return None
-    if str(value) == "minilm":
-        from cxrvlp.text.tokenizer import minilm_folder
+    from cxrvlp.text.tokenizer import MINILM, minilm_folder
 
+    if str(value) == MINILM:
         return minilm_folder()
     folder = Path(str(value))
     if not (folder / "config.json").is_file():

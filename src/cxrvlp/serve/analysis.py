@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrvlp.bundle import Pretrained
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
-from cxrvlp.export import Pretrained
 from cxrvlp.recipes.batch import entity_names as knowledge_base_entities
 from cxrvlp.recipes.batch import tokenize
 from cxrvlp.tasks.evaluation import SENTENCE_MAP_TEMPERATURE

@@ -39,7 +39,7 @@ def build_app(args: argparse.Namespace):
     """The app for the parsed arguments: bundle and detector loaded once, here."""
     import torch
 
-    from cxrvlp.export import load_pretrained
+    from cxrvlp.bundle import load_pretrained
     from cxrvlp.serve.analysis import Analyzer
     from cxrvlp.serve.app import ServeSettings, create_app
     from cxrvlp.serve.uploads import UploadLimits

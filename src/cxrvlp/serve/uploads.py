@@ -36,13 +36,13 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from cxrvlp.data.errors import ImageReadError
 from cxrvlp.data.image_io import (
     check_dicom_decoder,
     dicom_display_pixels,
     pillow_display_pixels,
     read_dicom_bytes,
 )
+from cxrvlp.errors import ImageReadError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ pixel and the region boxes are the image-space extents of canonical shapes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -300,7 +300,3 @@ def sample_anatomy(
         body_half_width=rng.uniform(1.12, 1.3) * (1.05 if sex == "F" else 1.0),
         clavicle_drop=rng.uniform(-0.08, -0.03) if portable else rng.uniform(-0.02, 0.03),
     )
-
-
-def with_changes(anatomy: Anatomy, **changes: float) -> Anatomy:
-    return replace(anatomy, **changes)

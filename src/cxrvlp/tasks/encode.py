@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cxrvlp.bundle import Pretrained
 from cxrvlp.data.pretraining import pretraining_dataset
-from cxrvlp.export import Pretrained
 from cxrvlp.models.registry import collator
 from cxrvlp.recipes.batch import entity_names as knowledge_base_entities
 from cxrvlp.recipes.batch import tokenize

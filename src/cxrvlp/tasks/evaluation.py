@@ -59,7 +59,7 @@ def evaluate_pretrained(
     """One evaluation of the bundle in ``pretrained_dir``: ``root`` is the pre-training root,
     or for zero-shot the root of ``dataset``. With ``out``, pictures are written there."""
     if task == ZERO_SHOT:
-        from cxrvlp.export import load_pretrained
+        from cxrvlp.bundle import load_pretrained
         from cxrvlp.tasks.zeroshot import zero_shot
 
         if dataset is None:
@@ -85,7 +85,7 @@ def evaluate(
     """Run one evaluation; with ``out``, pictures (grounding heat maps) are written there."""
     import torch
 
-    from cxrvlp.export import load_pretrained
+    from cxrvlp.bundle import load_pretrained
     from cxrvlp.tasks.encode import encode_split
 
     pretrained = load_pretrained(pretrained_dir)

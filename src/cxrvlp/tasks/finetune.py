@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cxrvlp.export import (
+from cxrvlp.bundle import (
     Pretrained,
     write_bundle,
 )
@@ -275,10 +275,11 @@ def finetune(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``task_name`` on ``dataset`` and score it; returns (and writes) the results."""
+    from cxrvlp.bundle import load_pretrained
     from cxrvlp.data.pretraining import read_detector_boxes
     from cxrvlp.engine.seeding import seed_everything
     from cxrvlp.engine.train import TrainConfig, Trainer
-    from cxrvlp.export import load_pretrained
+    from cxrvlp.viz.curves import plot_run_losses
 
     task = task_class(task_name)()
     if dataset not in task.datasets:
@@ -364,6 +365,7 @@ def finetune(
         model, train_set, task.collate(ctx, model), out, config, progress=progress, desc=task_name
     )
     summary = trainer.run()
+    plot_run_losses(out)
     model.eval()
     if task.exports_bundle:
         info = {**backbone.info, "finetuned": task_name, "dataset": dataset, "run": str(out)}
@@ -390,9 +392,9 @@ def finetune(
 
 def rescore(task_name: str, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Score a fine-tuning RUN again from its latest checkpoint (`cxrvlp evaluate TASK --run`)."""
+    from cxrvlp.bundle import load_pretrained
     from cxrvlp.data.pretraining import read_detector_boxes
     from cxrvlp.engine.checkpoint import LATEST, CheckpointManager
-    from cxrvlp.export import load_pretrained
 
     request_path = Path(run_dir) / FINETUNE_FILE
     if not request_path.is_file():

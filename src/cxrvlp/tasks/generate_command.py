@@ -62,9 +62,9 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrvlp.data.errors import DataError
+    from cxrvlp.bundle import load_pretrained
     from cxrvlp.data.image_io import load_image
-    from cxrvlp.export import load_pretrained
+    from cxrvlp.errors import DataError
 
     if args.beams < 1 or args.batch_size < 1:
         raise ValueError("--beams and --batch-size must be at least 1")

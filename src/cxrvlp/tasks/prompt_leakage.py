@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cxrvlp.bundle import Pretrained
 from cxrvlp.data.pretraining import pretraining_dataset
-from cxrvlp.export import Pretrained
 from cxrvlp.recipes.batch import PretrainCollator, report_prompt_limit
 
 

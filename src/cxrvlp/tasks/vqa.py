@@ -595,8 +595,8 @@ def write_predictions(path: Path, predictions: list[dict[str, Any]]) -> None:
 def load_vqa_run(run_dir: str | Path, device: str = "cpu") -> tuple[VQAModel, Any]:
     """The fine-tuned VQA model of a `cxrvlp finetune vqa` RUN (its backbone architecture and
     tokenizer, answers.json, the latest checkpoint), in eval mode, and its backbone bundle."""
+    from cxrvlp.bundle import load_pretrained
     from cxrvlp.engine.checkpoint import LATEST, CheckpointManager
-    from cxrvlp.export import load_pretrained
     from cxrvlp.tasks.finetune import BACKBONE_DIR, FINETUNE_FILE
 
     run_dir = Path(run_dir)

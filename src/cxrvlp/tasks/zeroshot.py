@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from cxrvlp.bundle import Pretrained
 from cxrvlp.data.sample import collate_samples
-from cxrvlp.export import Pretrained
 from cxrvlp.metrics.classification import (
     classification_metrics,
     f1_maximising_thresholds,

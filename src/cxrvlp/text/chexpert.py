@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cxrvlp.data.sample import ReportSections
 from cxrvlp.text.chexpert_rules import combine_statements
 from cxrvlp.text.parse import ParsedReport, load_entities, parse_report
+from cxrvlp.text.sections import ReportSections
 
 
 def label_report(

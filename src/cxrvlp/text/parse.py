@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
-from cxrvlp.data.sample import ReportSections
 
 # When one finding is stated twice, the stronger statement holds (as in the CheXpert labeller).
 from cxrvlp.text.chexpert_rules import EXISTENCE_RANK
-from cxrvlp.text.sections import parse_mimic_report
+from cxrvlp.text.sections import ReportSections, parse_mimic_report
 
 ENTITIES_PATH = Path(__file__).with_name("knowledge_data") / "entities.json"
 EXISTENCES: tuple[str, ...] = ("present", "absent", "uncertain")

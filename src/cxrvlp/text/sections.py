@@ -29,13 +29,30 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from tqdm import tqdm
 
-from cxrvlp.data.errors import MissingFileError
-from cxrvlp.data.sample import ReportSections
+from cxrvlp.errors import MissingFileError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportSections:
+    """A report as sections; ``text`` is the whole report as shipped (may be empty)."""
+
+    findings: str = ""
+    impression: str = ""
+    text: str = ""
+
+    @property
+    def findings_and_impression(self) -> str:
+        return " ".join(part for part in (self.findings, self.impression) if part).strip()
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.findings.strip() or self.impression.strip())
+
 
 SECTIONED_COLUMNS = ("study", "impression", "findings", "last_paragraph", "comparison")
 

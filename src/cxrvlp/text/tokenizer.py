@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from cxrvlp.data.errors import MissingFileError
+from cxrvlp.errors import MissingFileError
 from cxrvlp.text.sections import find_report_files, section_mimic_report
 
 log = logging.getLogger(__name__)

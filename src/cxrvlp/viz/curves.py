@@ -10,6 +10,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+LOSSES_PICTURE = "losses.png"
+
+
+def plot_run_losses(run_dir: Path) -> Path | None:
+    """``losses.png`` of a training run folder (the engine writes metrics.jsonl there); the
+    application draws it, so that the engine does not need matplotlib. Main process only."""
+    from cxrvlp.engine import distributed
+    from cxrvlp.engine.metrics import METRICS_FILE
+
+    if not distributed.is_main_process():
+        return None
+    return plot_losses(Path(run_dir) / METRICS_FILE, Path(run_dir) / LOSSES_PICTURE)
+
 
 def plot_losses(metrics_file: Path, out: Path) -> Path | None:
     """One panel per ``loss_*`` term against the step; None when nothing was logged."""

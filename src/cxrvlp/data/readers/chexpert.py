@@ -19,9 +19,9 @@ import pandas as pd
 
 from cxrvlp.constants import CHEXPERT_CSV_LABELS
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import DataError, MissingFileError, Problem
 from cxrvlp.data.labels import CHEXPERT_COMMON_POLICY
 from cxrvlp.data.sample import Record
+from cxrvlp.errors import DataError, MissingFileError, Problem
 
 log = logging.getLogger(__name__)
 

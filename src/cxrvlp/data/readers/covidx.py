@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import Problem
 from cxrvlp.data.sample import Record
 from cxrvlp.data.splits import SPLIT_NAMES, patient_split
+from cxrvlp.errors import Problem
 
 # split file -> (project split, image folders looked in, in order)
 SPLIT_FILES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import DataError, MissingFileError, Problem
 from cxrvlp.data.sample import Record
+from cxrvlp.errors import DataError, MissingFileError, Problem
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import DataError, MissingFileError, Problem
-from cxrvlp.data.sample import Record, ReportSections
+from cxrvlp.data.sample import Record
+from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.text.sections import ReportSections
 
 log = logging.getLogger(__name__)
 

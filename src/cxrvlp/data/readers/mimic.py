@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from cxrvlp.constants import CHEXPERT_LABELS
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import DataError, MissingFileError, Problem
-from cxrvlp.data.sample import Record, ReportSections
-from cxrvlp.text.sections import section_mimic_report
+from cxrvlp.data.sample import Record
+from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.text.sections import ReportSections, section_mimic_report
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import pandas as pd
 
 from cxrvlp.constants import NIH_LABELS
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import DataError, MissingFileError, Problem
 from cxrvlp.data.sample import Record
 from cxrvlp.data.splits import patient_split
+from cxrvlp.errors import DataError, MissingFileError, Problem
 
 log = logging.getLogger(__name__)
 

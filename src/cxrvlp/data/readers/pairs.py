@@ -14,8 +14,9 @@ from typing import Any
 import pandas as pd
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import DataError, MissingFileError, Problem
-from cxrvlp.data.sample import Record, ReportSections
+from cxrvlp.data.sample import Record
+from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.text.sections import ReportSections
 
 
 def read_csv_table(path: Path, what: str, **read_options: Any) -> pd.DataFrame:

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import Problem
 from cxrvlp.data.readers.pairs import read_csv_table, require_columns
 from cxrvlp.data.sample import Record
 from cxrvlp.data.splits import SPLIT_NAMES, patient_split
+from cxrvlp.errors import Problem
 
 LABEL_FILES = ("stage_2_train_labels.csv", "stage_2_train_labels.csv.zip")
 CLASS_FILE = "stage_2_detailed_class_info.csv"

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import Problem
 from cxrvlp.data.readers.pairs import is_blank, read_csv_table, require_columns
 from cxrvlp.data.sample import Record
 from cxrvlp.data.splits import SPLIT_NAMES, patient_split
+from cxrvlp.errors import Problem
 
 LABEL_FILES = ("train-rle.csv", "train-rle.csv.gz")
 IMAGE_FOLDER = "dicom-images-train"

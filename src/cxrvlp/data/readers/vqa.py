@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.errors import DataError, Problem
 from cxrvlp.data.readers.iu_xray import load_json
 from cxrvlp.data.sample import Record
+from cxrvlp.errors import DataError, Problem
 
 log = logging.getLogger(__name__)
 
