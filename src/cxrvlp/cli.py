@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Write the inference bundle of a pre-training run, loadable with load_pretrained.",
     ),
     "evaluate": (
-        "cxrvlp.tasks.command",
+        "cxrvlp.tasks.evaluate_command",
         "Evaluate a pre-trained bundle (`cxrvlp export`), or re-score a fine-tuning run.",
     ),
     "finetune": (

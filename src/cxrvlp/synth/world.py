@@ -54,17 +54,82 @@ class CohortSpec:
 COHORTS: dict[str, CohortSpec] = {
     spec.name: spec
     for spec in (
-        CohortSpec("mimic", 1.15, 0.35, 0.4, (0.55, 0.3, 0.15), (0.8, 0.1, 0.1)),
-        CohortSpec("rsna", 1.0, 0.45, 0.0, (1.0,), (0.7, 0.15, 0.15)),
-        CohortSpec("nih", 1.0, 0.3, 0.0, (0.6, 0.3, 0.1), (0.7, 0.1, 0.2)),
-        CohortSpec("chexpert", 1 / 1.15, 0.5, 0.3, (0.7, 0.3), (0.8, 0.1, 0.1)),
-        CohortSpec("iu_xray", 1.0, 0.0, 1.0, (1.0,), (0.7, 0.1, 0.2)),
-        CohortSpec("vqa_rad", 1.0, 0.3, 0.0, (1.0,), (0.75, 0.0, 0.25)),
-        CohortSpec("slake", 1.0, 0.3, 0.0, (1.0,), (0.7, 0.1, 0.2)),
+        CohortSpec(
+            "mimic",
+            aspect=1.15,
+            ap_fraction=0.35,
+            lateral_fraction=0.4,
+            studies_per_patient=(0.55, 0.3, 0.15),
+            split_fractions=(0.8, 0.1, 0.1),
+        ),
+        CohortSpec(
+            "rsna",
+            aspect=1.0,
+            ap_fraction=0.45,
+            lateral_fraction=0.0,
+            studies_per_patient=(1.0,),
+            split_fractions=(0.7, 0.15, 0.15),
+        ),
+        CohortSpec(
+            "nih",
+            aspect=1.0,
+            ap_fraction=0.3,
+            lateral_fraction=0.0,
+            studies_per_patient=(0.6, 0.3, 0.1),
+            split_fractions=(0.7, 0.1, 0.2),
+        ),
+        CohortSpec(
+            "chexpert",
+            aspect=1 / 1.15,
+            ap_fraction=0.5,
+            lateral_fraction=0.3,
+            studies_per_patient=(0.7, 0.3),
+            split_fractions=(0.8, 0.1, 0.1),
+        ),
+        CohortSpec(
+            "iu_xray",
+            aspect=1.0,
+            ap_fraction=0.0,
+            lateral_fraction=1.0,
+            studies_per_patient=(1.0,),
+            split_fractions=(0.7, 0.1, 0.2),
+        ),
+        CohortSpec(
+            "vqa_rad",
+            aspect=1.0,
+            ap_fraction=0.3,
+            lateral_fraction=0.0,
+            studies_per_patient=(1.0,),
+            split_fractions=(0.75, 0.0, 0.25),
+        ),
+        CohortSpec(
+            "slake",
+            aspect=1.0,
+            ap_fraction=0.3,
+            lateral_fraction=0.0,
+            studies_per_patient=(1.0,),
+            split_fractions=(0.7, 0.1, 0.2),
+        ),
         # SIIM-ACR: about 22 % of images have a pneumothorax; a margin keeps tiny worlds mixed.
-        CohortSpec("siim", 1.0, 0.3, 0.0, (1.0,), (0.7, 0.15, 0.15), (("pneumothorax", 0.3),)),
+        CohortSpec(
+            "siim",
+            aspect=1.0,
+            ap_fraction=0.3,
+            lateral_fraction=0.0,
+            studies_per_patient=(1.0,),
+            split_fractions=(0.7, 0.15, 0.15),
+            enriched=(("pneumothorax", 0.3),),
+        ),
         # COVIDx: about half positive; many of its films are portable AP.
-        CohortSpec("covidx", 1.0, 0.5, 0.0, (1.0,), (0.8, 0.1, 0.1), ((COVID_NAME, 0.5),)),
+        CohortSpec(
+            "covidx",
+            aspect=1.0,
+            ap_fraction=0.5,
+            lateral_fraction=0.0,
+            studies_per_patient=(1.0,),
+            split_fractions=(0.8, 0.1, 0.1),
+            enriched=((COVID_NAME, 0.5),),
+        ),
     )
 }
 SPLITS = ("train", "validate", "test")
