@@ -4,36 +4,29 @@ The question goes through the report encoder, attends to the image tokens (ViT t
 GK module's grounded entities) in the image-report encoder, and the mean of the fused question
 token states, beside the mean of the question's own states, each layer-normalised, feeds an MLP
 with one logit per training answer; cross-entropy. The question's own states keep its wording
-clean for the open questions, which are answered mostly from it. The normalisation keeps the
-image from drowning the wording: GK-MVLP's fused means vary about four times as much as its
-question means (random init's about as much), and with a few labelled images the head then
-matched test questions to training questions on similar-looking images, not similar wording.
-Not the fused [CLS]: pre-training trains that state for image-report matching only, and from it
-a GK-MVLP run of 40 steps answered "yes" to 353 of 432 VQA-RAD questions, open ones included.
+clean for the open questions, which are answered mostly from it; the normalisation keeps the
+image half (which varies far more) from drowning the wording. Not the fused [CLS]: pre-training
+trains that state for image-report matching only.
 The answer vocabulary is the training split's normalised answers, most frequent first (ties by
 text), written to ``RUN/answers.json``; test answers outside it cannot be predicted, so they
-count wrong (``unseen_test_answers``).
-The output bias starts at the log-frequency of each training answer, so a run with a handful of
-labelled questions does not spend its few steps learning the answer prior.
+count wrong (``unseen_test_answers``). The output bias starts at the log-frequency of each
+training answer, so a run with a handful of labelled questions does not spend its few steps
+learning the answer prior.
 
 Few labelled images: what a head learns from the pixels of three images does not carry to a new
-one (the demo's GK-MVLP head then matched each test image to the training image it most
-resembled, and answered SLAKE at 1 % below random init). The pre-trained model still has an
-opinion of a new image: its zero-shot log-odds that the one finding a yes/no question names is
-there (`tasks/vqa_zero_shot.py`). So the head input is one of two (`HEAD_INPUTS`): the question
-alone with that prior added to the "yes" and "no" logits, or the question and the fused half
-without it; leave-images-out cross-validation on the labelled questions chooses
-(`choose_head_input`), and ``results.json`` says which (``head_input``) and why
-(``head_input_cv_accuracy``). A head that does not read the image leaves the image side
-frozen (`VQAModel.set_head_input`).
+one, but the pre-trained model still has an opinion of a new image: its zero-shot log-odds that
+the one finding a yes/no question names is there (`tasks/vqa_zero_shot.py`). So the head input
+is one of two (`HEAD_INPUTS`): the question alone with that prior added to the "yes" and "no"
+logits, or the question and the fused half without it; leave-images-out cross-validation on the
+labelled questions chooses (`choose_head_input`), and ``results.json`` says which
+(``head_input``) and why (``head_input_cv_accuracy``). A head that does not read the image
+leaves the image side frozen (`VQAModel.set_head_input`).
 
 Training is LP-FT (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features"): before
 the first optimiser step the head input is chosen and the head fitted on the frozen encoders'
 features of every training question (`fit_answer_head`), then the model is fine-tuned from
-there. A head that starts random sends random gradients into the pre-trained layers for the
-first steps; in the demo's 40 steps no row then got past answering from the question text.
-With the fit, the demo's GK-MVLP run on all VQA-RAD labels answers 0.70 of the balanced closed
-test questions after its 40 steps (random init 0.51, a coin).
+there, so that a random head does not send random gradients into the pre-trained layers.
+The measurements behind each choice: ``docs/finetuning.md`` (VQA design notes).
 """
 
 from __future__ import annotations
@@ -75,10 +68,8 @@ HEAD_FIT_EPOCHS = 100
 HEAD_FIT_LR = 1e-3
 HEAD_FIT_WEIGHT_DECAY = 0.01
 # The zero-shot log-odds' weight on the yes/no logits of a head that reads the question alone:
-# large, so the pre-trained opinion of a new image outweighs a head fitted on a few questions.
-# Frozen-feature simulations of the demo's GK-MVLP on eight random 3-image SLAKE training sets,
-# each head input chosen by cross-validation: weight 2 0.436, 4 0.446, 8 0.462 (random init
-# 0.417).
+# large, so the pre-trained opinion of a new image outweighs a head fitted on a few questions
+# (the weights compared: docs/finetuning.md, VQA design notes).
 ZERO_SHOT_WEIGHT = 8.0
 # The head inputs cross-validation chooses from, as (fused half's weight, zero-shot weight);
 # on a tie the first, which learns nothing from the labelled images' pixels.
