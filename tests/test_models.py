@@ -301,3 +301,46 @@ def test_every_registered_model_builds_as_its_recipe_with_the_configured_sizes(n
         assert model.image_encoder.width == 2048  # timm's ResNet-50 features
     encoder = model.image_encoder
     assert encoder.grid * encoder.patch_size == config.image.image_size
+
+
+def test_a_seeded_gkmvlp_tiny_gives_its_recorded_losses_and_embedding(tokenizer):
+    # Recorded with torch 2.14.1 on the CPU: a change of any of these numbers is a change of
+    # the model's arithmetic (initialisation, an op, a default), to be made on purpose.
+    model = _model(tokenizer)
+    batch = _batch(tokenizer)
+    torch.manual_seed(1)  # dropout
+    output = model(batch)
+    expected = {"itc": 1.737531, "itm": 0.660746, "lm": 10.36339, "grounding": 3.329391,
+                "ecls": 3.83742}  # fmt: skip
+    assert {k: float(v) for k, v in output.losses.items()} == pytest.approx(expected, rel=1e-4)
+    assert float(output.loss) == pytest.approx(19.928478, rel=1e-4)
+    model.eval()
+    with torch.no_grad():
+        embedding = model.encode_image(batch["image"], batch["boxes"]).embedding[0, :3]
+    assert embedding.tolist() == pytest.approx([-0.49383, -0.09304, 0.25266], abs=1e-4)
+
+
+RECIPE_LOSSES = {"gkmvlp": {"itc", "itm", "lm", "grounding", "ecls"},
+                 "asg": {"ira", "arsa", "irl", "erl"}}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_trains_a_step_at_a_reduced_image_size(name, tmp_path):
+    """Each architecture at its own widths and depths, 64 px images, through its recipe's
+    collator: every loss term finite and gradients reaching both encoders."""
+    from cxrvlp.models.registry import attach_prompts as attach_recipe_prompts
+    from cxrvlp.models.registry import collator
+    from cxrvlp.text.tokenizer import train_wordpiece
+    from test_asg import REPORTS, _sample
+
+    tokenizer = load_tokenizer(train_wordpiece(REPORTS * 3, tmp_path, vocab_size=200))
+    torch.manual_seed(0)
+    model = create_model(name, vocab_size=len(tokenizer), image={"image_size": 64}).train()
+    attach_recipe_prompts(model, tokenizer)
+    samples = [_sample(index, REPORTS[index]) for index in range(2)]
+    output = model(collator(model, tokenizer, training=True)(samples))
+    assert set(output.losses) == RECIPE_LOSSES[model_config(name).recipe]
+    assert all(math.isfinite(float(value)) for value in output.losses.values())
+    output.loss.backward()
+    for tower in (model.image_encoder, model.text_encoder):
+        assert sum(float(p.grad.abs().sum()) for p in tower.parameters() if p.grad is not None) > 0
