@@ -313,7 +313,7 @@ def test_a_seeded_gkmvlp_tiny_gives_its_recorded_losses_and_embedding(tokenizer)
     expected = {"itc": 1.737531, "itm": 0.660746, "lm": 10.36339, "grounding": 3.329391,
                 "ecls": 3.83742}  # fmt: skip
     assert {k: float(v) for k, v in output.losses.items()} == pytest.approx(expected, rel=1e-4)
-    assert float(output.loss) == pytest.approx(19.928478, rel=1e-4)
+    assert output.loss.item() == pytest.approx(19.928478, rel=1e-4)
     model.eval()
     with torch.no_grad():
         embedding = model.encode_image(batch["image"], batch["boxes"]).embedding[0, :3]
