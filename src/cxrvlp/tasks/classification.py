@@ -15,26 +15,17 @@ from tqdm import tqdm
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.metrics.classification import classification_metrics, roc_curves
 from cxrvlp.models.outputs import TaskOutput
-from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
+from cxrvlp.tasks.finetune import DatasetSplits, EncoderTaskModel, TaskContext
 
 
-class ClassificationModel(nn.Module):
+class ClassificationModel(EncoderTaskModel):
     """Image encoder -> pooled vector -> one logit per label."""
 
     def __init__(self, image_encoder: nn.Module, num_labels: int, linear_probe: bool):
-        super().__init__()
+        super().__init__(linear_probe)
         self.image_encoder = image_encoder
-        self.linear_probe = linear_probe
         self.head = nn.Linear(image_encoder.width, num_labels)
-        if linear_probe:
-            self.image_encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> ClassificationModel:
-        super().train(mode)
-        if self.linear_probe:
-            # A frozen encoder keeps its normalisation statistics too.
-            self.image_encoder.eval()
-        return self
+        self.freeze_if_probe(image_encoder)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         _, pooled = self.image_encoder(images)

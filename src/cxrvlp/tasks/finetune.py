@@ -114,6 +114,26 @@ class FinetuneTask(Protocol):
     def evaluate(self, ctx: TaskContext, model: nn.Module, test_set: Any) -> dict[str, Any]: ...
 
 
+class EncoderTaskModel(nn.Module):
+    """Base of a task model on the pre-trained image encoder (``self.image_encoder``, an
+    attribute or a property). With ``linear_probe`` the encoder is frozen: no gradients, and
+    eval mode even while the model trains, so its normalisation statistics stay as well."""
+
+    def __init__(self, linear_probe: bool):
+        super().__init__()
+        self.linear_probe = linear_probe
+
+    def freeze_if_probe(self, image_encoder: nn.Module) -> None:
+        if self.linear_probe:
+            image_encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EncoderTaskModel:
+        super().train(mode)
+        if self.linear_probe:
+            self.image_encoder.eval()
+        return self
+
+
 def task_class(name: str) -> type:
     import importlib
 

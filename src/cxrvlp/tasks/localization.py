@@ -31,7 +31,7 @@ from cxrvlp.data.readers.rsna import BOX_LABEL
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.metrics.detection import detection_map
 from cxrvlp.models.outputs import TaskOutput
-from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
+from cxrvlp.tasks.finetune import DatasetSplits, EncoderTaskModel, TaskContext
 
 CLASS_NAMES = ("background", BOX_LABEL)
 PYRAMID_LEVELS = ("0", "1", "2")  # half, once and twice the patch stride
@@ -83,15 +83,13 @@ class SimplePyramid(nn.Module):
         return OrderedDict(zip(PYRAMID_LEVELS, maps, strict=True))
 
 
-class LocalizationModel(nn.Module):
+class LocalizationModel(EncoderTaskModel):
     """Faster R-CNN (background + Lung Opacity) over a :class:`SimplePyramid` of the encoder."""
 
     def __init__(self, image_encoder: nn.Module, linear_probe: bool):
-        super().__init__()
+        super().__init__(linear_probe)
         size = int(image_encoder.image_size)
-        self.linear_probe = linear_probe
-        if linear_probe:
-            image_encoder.requires_grad_(False)
+        self.freeze_if_probe(image_encoder)
         backbone = SimplePyramid(image_encoder, min(PYRAMID_CHANNELS, image_encoder.width))
         anchors = AnchorGenerator(
             sizes=tuple(tuple(round(f * size) for f in level) for level in ANCHOR_FRACTIONS),
@@ -136,13 +134,6 @@ class LocalizationModel(nn.Module):
     @property
     def image_encoder(self) -> nn.Module:
         return self.detector.backbone.image_encoder
-
-    def train(self, mode: bool = True) -> LocalizationModel:
-        super().train(mode)
-        if self.linear_probe:
-            # A frozen encoder keeps its normalisation statistics too.
-            self.image_encoder.eval()
-        return self
 
     def forward(self, batch: dict[str, Any]) -> TaskOutput:
         """Training losses of a batch (torchvision computes them in train mode only)."""

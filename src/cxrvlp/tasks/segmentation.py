@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.metrics.segmentation import DEFINITION, THRESHOLD, SegmentationScores
 from cxrvlp.models.outputs import TaskOutput
-from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
+from cxrvlp.tasks.finetune import DatasetSplits, EncoderTaskModel, TaskContext
 
 DECODER_WIDTH = 256  # channels after the first projection; each upsampling stage halves them
 # The decoder's features stop at a quarter of the image size and the logits are resized from
@@ -83,28 +83,19 @@ class ProgressiveUpsamplingDecoder(nn.Module):
         return logits
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(EncoderTaskModel):
     """Image encoder -> patch map -> :class:`ProgressiveUpsamplingDecoder` -> mask logits."""
 
     def __init__(self, image_encoder: nn.Module, linear_probe: bool):
-        super().__init__()
+        super().__init__(linear_probe)
         self.image_encoder = image_encoder
-        self.linear_probe = linear_probe
         self.image_size = int(image_encoder.image_size)
         stride = self.image_size // int(image_encoder.grid)
         self.decoder = ProgressiveUpsamplingDecoder(int(image_encoder.width), stride)
         # batch=True: one Dice over the batch's pixels, so a batch of empty masks (most SIIM
         # images) still gives a useful gradient instead of a per-image 0/1 cliff.
         self.loss = DiceCELoss(sigmoid=True, batch=True)
-        if linear_probe:
-            self.image_encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> SegmentationModel:
-        super().train(mode)
-        if self.linear_probe:
-            # A frozen encoder keeps its normalisation statistics too.
-            self.image_encoder.eval()
-        return self
+        self.freeze_if_probe(image_encoder)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.image_encoder(images)
