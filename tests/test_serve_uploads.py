@@ -30,22 +30,14 @@ from cxrvlp.serve.uploads import (
     detect_kind,
     read_limited,
 )
+from test_data_image_io import levels, smooth_image
 
 LIMITS = UploadLimits()
 
 
-def smooth_image(height: int = 96, width: int = 80) -> np.ndarray:
-    """A [0, 1] picture with every level present: a gradient plus a bright disc."""
-    rows, cols = np.mgrid[0:height, 0:width]
-    gradient = (rows / (height - 1) + cols / (width - 1)) / 2
-    disc = ((rows - height / 2) ** 2 + (cols - width / 3) ** 2 < (width / 5) ** 2) * 0.3
-    picture = np.clip(gradient * 0.8 + disc, 0.0, 1.0)
-    picture[0, 0], picture[-1, -1] = 0.0, 1.0
-    return picture
-
-
-def levels(picture: np.ndarray, bits: int) -> np.ndarray:
-    return np.round(picture * ((1 << bits) - 1)).astype(np.int64)
+def upload_image(height: int = 96, width: int = 80) -> np.ndarray:
+    """The image I/O tests' picture, at least the 64 px a radiograph upload needs."""
+    return smooth_image(height, width)
 
 
 def pillow_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -58,7 +50,7 @@ def pillow_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -
 
 
 def gray8(height: int = 96, width: int = 80) -> np.ndarray:
-    return levels(smooth_image(height, width), 8).astype(np.uint8)
+    return levels(upload_image(height, width), 8).astype(np.uint8)
 
 
 def dicom_dataset(
@@ -70,7 +62,7 @@ def dicom_dataset(
     window: tuple[float, float] | None = None,
 ) -> pydicom.Dataset:
     """A minimal uncompressed radiograph; no pixel data when ``stored`` is None."""
-    stored = levels(smooth_image(), bits) if stored is None else stored
+    stored = levels(upload_image(), bits) if stored is None else stored
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -112,7 +104,7 @@ def png_with_size(width: int, height: int) -> bytes:
 
 ACCEPTED = {
     "gray.png": lambda: pillow_bytes(gray8()),
-    "16bit.png": lambda: pillow_bytes(levels(smooth_image(), 16).astype(np.uint16)),
+    "16bit.png": lambda: pillow_bytes(levels(upload_image(), 16).astype(np.uint16)),
     "rgb.png": lambda: pillow_bytes(gray8(), "RGB"),
     "rgba.png": lambda: pillow_bytes(gray8(), "RGBA"),
     "palette.png": lambda: pillow_bytes(gray8(), "P"),
@@ -152,7 +144,7 @@ def test_the_real_cr_radiograph_decodes_as_from_disk():
 
 
 def test_monochrome1_is_inverted():
-    stored = levels(smooth_image(), 12)
+    stored = levels(upload_image(), 12)
     mono2 = decode_upload(dicom_bytes(dicom_dataset(stored)), "m2.dcm", LIMITS).pixels
     mono1_ds = dicom_dataset(4095 - stored, photometric="MONOCHROME1")
     mono1 = decode_upload(dicom_bytes(mono1_ds), "m1.dcm", LIMITS).pixels
@@ -283,7 +275,7 @@ BAD = {
                 ["(7FE0,0010)", "less than expected", "send"]),
     "small.png": (lambda: pillow_bytes(gray8(32, 32)), LIMITS, 422, "too_small",
                   ["32 x 32", "at least 64"]),
-    "small.dcm": (lambda: dicom_bytes(dicom_dataset(levels(smooth_image(32, 200), 12))),
+    "small.dcm": (lambda: dicom_bytes(dicom_dataset(levels(upload_image(32, 200), 12))),
                   LIMITS, 422, "too_small", ["200 x 32"]),
     # Too many pixels is a 413, as too many bytes: a resource limit of the service, and the
     # fix is the same (send a smaller image); 422 is kept for content the model cannot use.
