@@ -21,7 +21,7 @@ from cxrvlp.constants import CHEXPERT_CSV_LABELS, NIH_LABELS
 from cxrvlp.data.labels import CHEXPERT_COMMON_POLICY
 from cxrvlp.data.readers.chexpert import CheXpertDataset
 from cxrvlp.data.readers.nih import NIHDataset
-from cxrvlp.errors import MissingFileError
+from cxrvlp.errors import DataError, MissingFileError
 
 WORLD_ARGS = ["--studies", "16", "--image-size", "96", "--cohorts", "mimic,nih,chexpert"]
 REAL_DATA = Path(importlib.util.find_spec("torchxrayvision").submodule_search_locations[0]) / "data"
@@ -143,6 +143,19 @@ def test_chexpert_bad_input(world: Path, tmp_path: Path):
     assert {r.split for r in train_only.records} == {"train"}
     with pytest.raises(MissingFileError, match=r"train\.csv"):
         CheXpertDataset(tmp_path)
+
+
+def test_unreadable_or_foreign_label_files_name_the_file(tmp_path: Path):
+    """A label file that is not CSV, or lacks the publisher's columns, is a DataError naming it."""
+    (tmp_path / "train.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match=r"CheXpert.*train\.csv cannot be read as CSV"):
+        CheXpertDataset(tmp_path, labels_only=True, split="train")
+    (tmp_path / "train.csv").write_text("Path,Sex\nCheXpert-v1.0/train/a.jpg,Male\n")
+    with pytest.raises(DataError, match=r"train\.csv lacks column\(s\) \['Age'"):
+        CheXpertDataset(tmp_path, labels_only=True, split="train")
+    (tmp_path / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels\na.png,Mass\n")
+    with pytest.raises(DataError, match=r"Data_Entry_2017\.csv lacks column\(s\)"):
+        NIHDataset(tmp_path, labels_only=True)
 
 
 # ---- CheXpert: the real train.csv (labels only) --------------------------------------------

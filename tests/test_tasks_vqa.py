@@ -11,12 +11,12 @@ from cxrvlp.cli import main
 from cxrvlp.data.readers.vqa import SLAKEDataset, VQARADDataset, normalize_answer
 from cxrvlp.metrics.vqa import vqa_metrics
 from cxrvlp.tasks.finetune import (
-    TaskContext,
     attach_region_boxes,
     open_split,
     random_backbone,
     training_texts,
 )
+from cxrvlp.tasks.task import TaskContext
 from cxrvlp.tasks.vqa import (
     HEAD_INPUTS,
     NOT_AN_ANSWER,

@@ -36,14 +36,13 @@ from omegaconf import OmegaConf
 
 from cxrvlp.data.readers import READERS
 from cxrvlp.tasks.evaluation import EVALUATIONS
-from cxrvlp.tasks.finetune import TASK_MODULES
+from cxrvlp.tasks.task import TASK_MODULES
 
 PROTOCOLS_DIR = Path(__file__).parent / "protocols"
 RANDOM_INIT = "random"
 ALL_MODELS = "all"
 SEED_SUFFIX = "-seed"  # run name ending of every seed but 0 (seed 0 keeps the plain name)
 PRETRAINING_DATA = "pretraining"  # the data file's key of the pre-training root
-FINETUNE_TASKS = tuple(TASK_MODULES)
 # Tasks whose model runs the GK module on region boxes (the data file's `boxes`): GK-MVLP's
 # image-report encoder and report decoder, which an ASG model does not have.
 REGION_BOX_TASKS = ("generation", "vqa")
@@ -266,7 +265,7 @@ def expand(spec: dict[str, Any], models: list[str], source: str = "<protocol>") 
                 continue  # evaluations judge what pre-training learnt
             runs += [Run("evaluate", task, dataset, model) for dataset in datasets]
     for entry in spec.get("finetune") or []:
-        task = _task(entry, FINETUNE_TASKS, source)
+        task = _task(entry, TASK_MODULES, source)
         for dataset in _datasets(entry, source):
             for model in _models(entry, spec, models, source):
                 for fraction in entry.get("fractions", spec.get("fractions", [1.0])):

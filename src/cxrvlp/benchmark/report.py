@@ -39,7 +39,7 @@ class TaskMetrics:
 def task_metrics(task: str, dataset: str | None = None) -> TaskMetrics:
     """The metrics a task declares in its registry entry (for ``dataset``, where the task
     judges that data set by another headline metric)."""
-    from cxrvlp.tasks.finetune import task_class
+    from cxrvlp.tasks.task import task_class
 
     cls = task_class(task)
     headline = getattr(cls, "dataset_headlines", {}).get(dataset, cls.headline_metric)

@@ -143,8 +143,8 @@ def execute(setup: Setup, run: Run, progress: bool = False) -> Outcome:
 
 
 def _finetune(setup: Setup, run: Run, folder: Path, progress: bool) -> dict[str, Any]:
-    from cxrvlp.tasks.finetune import RANDOM_INIT as NO_BUNDLE
     from cxrvlp.tasks.finetune import finetune
+    from cxrvlp.tasks.task import RANDOM_INIT as NO_BUNDLE
 
     random_init = run.model == RANDOM_INIT
     boxes = setup.data.boxes.get(run.dataset) if run.task in REGION_BOX_TASKS else None

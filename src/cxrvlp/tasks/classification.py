@@ -15,7 +15,7 @@ from tqdm import tqdm
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.metrics.classification import classification_metrics, roc_curves
 from cxrvlp.models.outputs import TaskOutput
-from cxrvlp.tasks.finetune import DatasetSplits, EncoderTaskModel, TaskContext
+from cxrvlp.tasks.task import DatasetSplits, EncoderTaskModel, TaskContext
 
 
 class ClassificationModel(EncoderTaskModel):

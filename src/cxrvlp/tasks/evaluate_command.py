@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from cxrvlp.tasks.evaluation import EVALUATIONS, ZERO_SHOT, evaluate_pretrained
-from cxrvlp.tasks.finetune import TASK_MODULES
+from cxrvlp.tasks.task import TASK_MODULES
 
 DESCRIPTION = """Evaluate a pre-trained bundle (`cxrvlp export`), or re-score a fine-tuning run.
 
@@ -26,8 +26,7 @@ DESCRIPTION = """Evaluate a pre-trained bundle (`cxrvlp export`), or re-score a 
 Each writes results.json (into OUT, or RUN) and prints a summary.
 """
 
-FINETUNE_TASKS = tuple(TASK_MODULES)
-TASKS = (*EVALUATIONS, *FINETUNE_TASKS)
+TASKS = (*EVALUATIONS, *TASK_MODULES)
 RESULTS_FILE = "results.json"
 
 
@@ -56,7 +55,7 @@ def _require(args: argparse.Namespace, *names: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.task in FINETUNE_TASKS:
+    if args.task in TASK_MODULES:
         from cxrvlp.tasks.finetune import headline, rescore
 
         _require(args, "run_dir")

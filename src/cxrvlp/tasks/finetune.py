@@ -1,8 +1,8 @@
 """`cxrvlp finetune TASK`: one downstream task on one data set from a pre-trained bundle (or
 from random initialisation), trained with the engine's Trainer, then scored on the test split.
 
-A task is a class with a small contract (:class:`FinetuneTask`): the data sets it reads, its
-training defaults, the model it builds on the backbone, its collate function and its
+A task is a class with the contract of :class:`cxrvlp.tasks.task.FinetuneTask`: the data sets
+it reads, its training defaults, the model it builds on the backbone, its collate function and its
 evaluation. RUN receives ``finetune.json`` (what was asked), ``backbone/`` (the starting
 architecture and tokenizer, so the run can be re-scored), the Trainer's checkpoints, metrics
 and loss curve, ``results.json``, and for report generation ``model/``, the fine-tuned model
@@ -15,18 +15,26 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from cxrvlp.bundle import (
     Pretrained,
     write_bundle,
+)
+from cxrvlp.tasks.task import (
+    BACKBONE_DIR,
+    BUNDLE_DIR,
+    FINETUNE_FILE,
+    RANDOM_INIT,
+    RESULTS_FILE,
+    TASK_MODULES,
+    TaskContext,
+    task_class,
 )
 
 log = logging.getLogger(__name__)
@@ -44,103 +52,6 @@ DESCRIPTION = """Fine-tune a pre-trained model bundle on a downstream task and s
       --fraction 0.1 --linear-probe
 RUN/results.json holds the scores; `cxrvlp evaluate TASK --run RUN` re-scores a run.
 """
-
-TASK_MODULES = {
-    "classification": "cxrvlp.tasks.classification:ClassificationTask",
-    "localization": "cxrvlp.tasks.localization:LocalizationTask",
-    "segmentation": "cxrvlp.tasks.segmentation:SegmentationTask",
-    "generation": "cxrvlp.tasks.generation:GenerationTask",
-    "vqa": "cxrvlp.tasks.vqa:VQATask",
-}
-FINETUNE_FILE = "finetune.json"
-BACKBONE_DIR = "backbone"
-BUNDLE_DIR = "model"
-RESULTS_FILE = "results.json"
-RANDOM_INIT = "none"
-
-
-@dataclass(frozen=True)
-class DatasetSplits:
-    """Which reader serves a data set and the split names it trains and tests on."""
-
-    reader: str
-    train: str
-    test: str
-    reader_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TaskContext:
-    """Everything a task needs to build, train and score its model."""
-
-    task: str
-    dataset: str
-    root: Path
-    out: Path
-    backbone: Pretrained  # the GK-MVLP model (pre-trained or random), tokenizer, transforms
-    init: str  # "pretrained" or "random"
-    fraction: float = 1.0
-    linear_probe: bool = False
-    region_boxes: dict[str, np.ndarray] | None = None  # image_id -> (29, 4) file pixels
-    progress: bool = True
-    batch_size: int = 16
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.backbone.model.parameters()).device
-
-
-class FinetuneTask(Protocol):
-    """The contract every downstream task class meets. A task may also define
-    ``prepare_training(ctx, model, train_set)``, run once before the first optimiser step of a
-    fine-tuning run (not when a run is re-scored); the dict it returns goes into results.json;
-    and ``dataset_headlines`` {data set: (results key, label)} where a data set is judged by
-    another metric than the task's headline (COVIDx classification: accuracy)."""
-
-    name: ClassVar[str]
-    display_name: ClassVar[str]  # how reports and tables name the task
-    headline_metric: ClassVar[tuple[str, str]]  # (results.json key, label) a run is judged by
-    detail_metrics: ClassVar[tuple[str, ...]]  # further results.json keys of its detail table
-    datasets: ClassVar[dict[str, DatasetSplits]]
-    train_defaults: ClassVar[dict[str, Any]]  # TrainConfig fields
-    uses_text: ClassVar[bool]  # needs the tokenizer (generation, VQA)
-    uses_region_boxes: ClassVar[bool]  # its model runs the GK module
-    exports_bundle: ClassVar[bool]  # RUN/model: the fine-tuned GK-MVLP as a model bundle
-
-    def build_model(self, ctx: TaskContext, train_set: Any) -> nn.Module: ...
-
-    def collate(self, ctx: TaskContext, model: nn.Module) -> Any: ...
-
-    def evaluate(self, ctx: TaskContext, model: nn.Module, test_set: Any) -> dict[str, Any]: ...
-
-
-class EncoderTaskModel(nn.Module):
-    """Base of a task model on the pre-trained image encoder (``self.image_encoder``, an
-    attribute or a property). With ``linear_probe`` the encoder is frozen: no gradients, and
-    eval mode even while the model trains, so its normalisation statistics stay as well."""
-
-    def __init__(self, linear_probe: bool):
-        super().__init__()
-        self.linear_probe = linear_probe
-
-    def freeze_if_probe(self, image_encoder: nn.Module) -> None:
-        if self.linear_probe:
-            image_encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> EncoderTaskModel:
-        super().train(mode)
-        if self.linear_probe:
-            self.image_encoder.eval()
-        return self
-
-
-def task_class(name: str) -> type:
-    import importlib
-
-    if name not in TASK_MODULES:
-        raise KeyError(f"unknown task {name!r}; choose from {', '.join(TASK_MODULES)}")
-    module, cls = TASK_MODULES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 # ---- starting point -----------------------------------------------------------------------

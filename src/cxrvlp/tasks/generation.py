@@ -27,7 +27,7 @@ from cxrvlp.metrics.captioning import caption_metrics
 from cxrvlp.metrics.clinical import clinical_efficacy
 from cxrvlp.models.outputs import TaskOutput
 from cxrvlp.recipes.batch import tokenize
-from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
+from cxrvlp.tasks.task import DatasetSplits, TaskContext
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from cxrvlp.data.readers.rsna import BOX_LABEL
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.metrics.detection import detection_map
 from cxrvlp.models.outputs import TaskOutput
-from cxrvlp.tasks.finetune import DatasetSplits, EncoderTaskModel, TaskContext
+from cxrvlp.tasks.task import DatasetSplits, EncoderTaskModel, TaskContext
 
 CLASS_NAMES = ("background", BOX_LABEL)
 PYRAMID_LEVELS = ("0", "1", "2")  # half, once and twice the patch stride

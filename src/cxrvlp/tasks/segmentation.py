@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cxrvlp.data.sample import collate_samples
 from cxrvlp.metrics.segmentation import DEFINITION, THRESHOLD, SegmentationScores
 from cxrvlp.models.outputs import TaskOutput
-from cxrvlp.tasks.finetune import DatasetSplits, EncoderTaskModel, TaskContext
+from cxrvlp.tasks.task import DatasetSplits, EncoderTaskModel, TaskContext
 
 DECODER_WIDTH = 256  # channels after the first projection; each upsampling stage halves them
 # The decoder's features stop at a quarter of the image size and the logits are resized from

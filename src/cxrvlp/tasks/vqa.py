@@ -53,7 +53,7 @@ from cxrvlp.metrics.vqa import EXAMPLE_KEYS, is_correct, vqa_metrics
 from cxrvlp.models.outputs import TaskOutput
 from cxrvlp.models.text import masked_mean
 from cxrvlp.recipes.batch import stable_key, tokenize
-from cxrvlp.tasks.finetune import DatasetSplits, TaskContext
+from cxrvlp.tasks.task import DatasetSplits, TaskContext
 from cxrvlp.tasks.vqa_zero_shot import finding_names, finding_queries, yes_log_odds
 from cxrvlp.tasks.zeroshot import prompt_pair_embeddings
 
@@ -588,7 +588,7 @@ def load_vqa_run(run_dir: str | Path, device: str = "cpu") -> tuple[VQAModel, An
     tokenizer, answers.json, the latest checkpoint), in eval mode, and its backbone bundle."""
     from cxrvlp.bundle import load_pretrained
     from cxrvlp.engine.checkpoint import LATEST, CheckpointManager
-    from cxrvlp.tasks.finetune import BACKBONE_DIR, FINETUNE_FILE
+    from cxrvlp.tasks.task import BACKBONE_DIR, FINETUNE_FILE
 
     run_dir = Path(run_dir)
     request = run_dir / FINETUNE_FILE

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from cxrvlp.constants import CHEXPERT_CSV_LABELS
 from cxrvlp.data.base import CXRDataset
 from cxrvlp.data.labels import CHEXPERT_COMMON_POLICY
+from cxrvlp.data.readers.csv_tables import read_csv_table, require_columns
 from cxrvlp.data.sample import Record
-from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.errors import MissingFileError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,11 @@ class CheXpertDataset(CXRDataset):
     def _read_csv(
         self, path: Path, folder: Path, split: str, problems: list[Problem]
     ) -> list[Record]:
-        frame = pd.read_csv(path, dtype={"Path": str, "Frontal/Lateral": str, "AP/PA": str})
-        missing = [c for c in CSV_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path} lacks the columns {missing}: is it the publisher's file?")
+        what = "CheXpert label file"
+        frame = read_csv_table(
+            path, what, dtype={"Path": str, "Frontal/Lateral": str, "AP/PA": str}
+        )
+        require_columns(frame, CSV_COLUMNS, path, what)
         self.n_rows += len(frame)
         frame["Frontal/Lateral"] = frame["Frontal/Lateral"].fillna("")
         if self.views is not None:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.base import CXRDataset
+from cxrvlp.data.readers.csv_tables import read_csv_table, require_columns
 from cxrvlp.data.sample import Record
 from cxrvlp.errors import DataError, MissingFileError, Problem
 
@@ -143,11 +144,10 @@ class ChestImaGenomeDataset(CXRDataset):
 
     def _read_split(self, relative: str, split: str) -> pd.DataFrame:
         path = self.require(relative, "It ships in Chest ImaGenome's silver_dataset/splits/.")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        what = "Chest ImaGenome split file"
+        frame = read_csv_table(path, what, dtype=str, keep_default_na=False)
         columns = ["subject_id", "study_id", "dicom_id", "path", "ViewPosition"]
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path} lacks the columns {missing}: is it the publisher's file?")
+        require_columns(frame, columns, path, what)
         return frame[columns].assign(split=split)
 
     def _index_scene_graphs(self, folder: Path) -> dict[str, Path]:

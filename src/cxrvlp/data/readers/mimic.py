@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from cxrvlp.constants import CHEXPERT_LABELS
 from cxrvlp.data.base import CXRDataset
+from cxrvlp.data.readers.csv_tables import read_csv_table, require_columns
 from cxrvlp.data.sample import Record
-from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.errors import MissingFileError, Problem
 from cxrvlp.text.sections import ReportSections, section_mimic_report
 
 log = logging.getLogger(__name__)
@@ -139,12 +140,11 @@ class MIMICCXRDataset(CXRDataset):
             path = self.require(
                 f"{stem}.gz", f"Neither {stem} nor {stem}.gz is there. {_DOWNLOAD_FIX}"
             )
-        frame = pd.read_csv(
-            path, dtype={"dicom_id": str, "subject_id": str, "study_id": str, "split": str}
+        what = f"MIMIC-CXR {kind} file"
+        frame = read_csv_table(
+            path, what, dtype={"dicom_id": str, "subject_id": str, "study_id": str, "split": str}
         )
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path} lacks the columns {missing}: is it the publisher's file?")
+        require_columns(frame, columns, path, what)
         return frame[columns]
 
     # ---- reports ---------------------------------------------------------------------------
@@ -214,12 +214,10 @@ class MIMICCXRDataset(CXRDataset):
         )
 
     def _sectioned_reports(self, path: Path, studies: set[str]) -> dict[str, ReportSections | None]:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        missing = [c for c in ("study", "findings", "impression") if c not in frame.columns]
-        if missing:
-            raise DataError(
-                f"{path} lacks the columns {missing}; rebuild it with `{SECTIONS_COMMAND}`."
-            )
+        what = "MIMIC-CXR sectioned report file"
+        frame = read_csv_table(path, what, dtype=str, keep_default_na=False)
+        fix = f"Rebuild it with `{SECTIONS_COMMAND}`."
+        require_columns(frame, ("study", "findings", "impression"), path, what, fix=fix)
         return {
             study: ReportSections(findings=findings.strip(), impression=impression.strip())
             for study, findings, impression in zip(

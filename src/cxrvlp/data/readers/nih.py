@@ -22,9 +22,10 @@ import pandas as pd
 
 from cxrvlp.constants import NIH_LABELS
 from cxrvlp.data.base import CXRDataset
+from cxrvlp.data.readers.csv_tables import read_csv_table, require_columns
 from cxrvlp.data.sample import Record
 from cxrvlp.data.splits import patient_split
-from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.errors import MissingFileError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,9 @@ class NIHDataset(CXRDataset):
                 f"{self.name} label file (or {ENTRY_NAMES[0]}, either maybe .gz)",
                 "Download Data_Entry_2017.csv from the NIH ChestX-ray14 release into the root.",
             )
-        frame = pd.read_csv(path, dtype={"Image Index": str, "Patient ID": str})
-        missing = [c for c in ENTRY_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path} lacks the columns {missing}: is it the publisher's file?")
+        what = "NIH ChestX-ray14 label file"
+        frame = read_csv_table(path, what, dtype={"Image Index": str, "Patient ID": str})
+        require_columns(frame, ENTRY_COLUMNS, path, what)
         return frame
 
     def _labels(self, findings: list[str], problems: list[Problem]) -> np.ndarray:

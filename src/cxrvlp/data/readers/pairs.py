@@ -1,54 +1,15 @@
-"""Bring your own data: a CSV of image paths and report texts (paths relative to the CSV).
-
-Also home of the CSV helpers the other CSV-based readers share: a label file that cannot be
-parsed, or lacks a column, is an error naming the file, never a pandas traceback.
-"""
+"""Bring your own data: a CSV of image paths and report texts (paths relative to the CSV)."""
 
 from __future__ import annotations
 
-import zipfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from cxrvlp.data.base import CXRDataset
+from cxrvlp.data.readers.csv_tables import is_blank, read_csv_table, require_columns
 from cxrvlp.data.sample import Record
-from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.errors import MissingFileError, Problem
 from cxrvlp.text.sections import ReportSections
-
-
-def read_csv_table(path: Path, what: str, **read_options: Any) -> pd.DataFrame:
-    """A CSV (plain, .gz or .zip by its name) as strings-as-given, or a DataError naming it."""
-    try:
-        return pd.read_csv(path, **read_options)
-    except (
-        pd.errors.ParserError,
-        pd.errors.EmptyDataError,
-        UnicodeDecodeError,
-        zipfile.BadZipFile,
-        EOFError,
-        OSError,
-    ) as error:
-        raise DataError(
-            f"{what} {path} cannot be read as CSV ({type(error).__name__}: {error}). "
-            "Re-download the file; it must be the publisher's CSV, unmodified."
-        ) from error
-
-
-def require_columns(frame: pd.DataFrame, columns: Iterable[str], path: Path, what: str) -> None:
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{what} {path} lacks column(s) {missing}; it has {list(frame.columns)}. "
-            "Pass the publisher's file, or name the columns to use."
-        )
-
-
-def is_blank(value: object) -> bool:
-    """NaN, None or only whitespace: what a CSV gives for an empty cell."""
-    return value is None or (isinstance(value, float) and pd.isna(value)) or not str(value).strip()
 
 
 class ImageReportPairs(CXRDataset):
@@ -90,7 +51,13 @@ class ImageReportPairs(CXRDataset):
         frame = read_csv_table(self.csv_path, what, dtype=str)
         columns = [self.image_column, self.report_column]
         columns += [c for c in (self.patient_column, self.split_column) if c is not None]
-        require_columns(frame, columns, self.csv_path, what)
+        require_columns(
+            frame,
+            columns,
+            self.csv_path,
+            what,
+            fix="Name the CSV's columns with the reader's column options.",
+        )
         self.n_rows = len(frame)
         records, problems = [], []
         for row_number, row in enumerate(frame.to_dict("records"), start=2):  # 1 is the header

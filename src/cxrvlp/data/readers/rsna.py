@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.readers.pairs import read_csv_table, require_columns
+from cxrvlp.data.readers.csv_tables import read_csv_table, require_columns
 from cxrvlp.data.sample import Record
 from cxrvlp.data.splits import SPLIT_NAMES, patient_split
 from cxrvlp.errors import Problem

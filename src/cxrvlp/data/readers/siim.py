@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cxrvlp.data.base import CXRDataset
-from cxrvlp.data.readers.pairs import is_blank, read_csv_table, require_columns
+from cxrvlp.data.readers.csv_tables import is_blank, read_csv_table, require_columns
 from cxrvlp.data.sample import Record
 from cxrvlp.data.splits import SPLIT_NAMES, patient_split
 from cxrvlp.errors import Problem
