@@ -11,10 +11,10 @@ spent in RoIAlign backward (torch.profiler), where torchvision's single-threaded
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from timing import median_seconds
 
 SETTINGS = {
     "shipped: 1 sample/bin, 32 RoIs": (1, 32),
@@ -56,12 +56,7 @@ def measure(sampling_ratio: int, rois_per_image: int, steps: int, batch_size: in
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocations, first-call dispatch
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    median = median_seconds(step, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         step()
     events = profile.key_averages()
@@ -69,7 +64,6 @@ def measure(sampling_ratio: int, rois_per_image: int, steps: int, batch_size: in
     roi_backward = sum(
         event.self_cpu_time_total for event in events if "roi_align_backward" in event.key
     )
-    median = statistics.median(times)
     return {
         "seconds_per_step": median,
         "samples_per_s": batch_size / median,

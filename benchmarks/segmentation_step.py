@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from timing import median_seconds
 
 ENCODERS = ("gkmvlp-tiny", "asg-tiny")  # the demo's encoders, trained frozen or end to end
 RESNET = "asg-r50"  # the paper-size ResNet-50: its decoder alone, at a small batch
@@ -39,16 +40,6 @@ def synthetic_batch(size: int, channels: int, batch: int) -> dict:
         x1, y1 = (torch.rand(2, generator=generator) * size / 2).int().tolist()
         masks[index, y1 : y1 + size // 3, x1 : x1 + size // 4] = 1.0
     return {"image": images, "mask": masks}
-
-
-def median_step(step: Callable[[], None], steps: int) -> float:
-    step()  # warm-up: allocations, first-call dispatch
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def count(module: torch.nn.Module) -> int:
@@ -116,16 +107,16 @@ def measure(steps: int, batch_size: int, r50_batch_size: int) -> list[dict]:
     rows = []
     for name in ENCODERS:
         model, batch = build(name, linear_probe=True, batch_size=batch_size)
-        decoder_s = median_step(decoder_step(model, batch), steps)
+        decoder_s = median_seconds(decoder_step(model, batch), steps)
         model.train()  # a frozen encoder stays in eval mode
-        frozen_s = median_step(model_step(model, batch), steps)
+        frozen_s = median_seconds(model_step(model, batch), steps)
         rows.append(row(name, "frozen", model, batch_size, frozen_s, decoder_s))
         model, batch = build(name, linear_probe=False, batch_size=batch_size)
-        tuned_s = median_step(model_step(model, batch), steps)
+        tuned_s = median_seconds(model_step(model, batch), steps)
         rows.append(row(name, "fine-tuned", model, batch_size, tuned_s, decoder_s))
         rows.append(row(name, "decoder alone", model, batch_size, decoder_s, decoder_s))
     model, batch = build(RESNET, linear_probe=True, batch_size=r50_batch_size)
-    decoder_s = median_step(decoder_step(model, batch), steps)
+    decoder_s = median_seconds(decoder_step(model, batch), steps)
     rows.append(row(RESNET, "decoder alone", model, r50_batch_size, decoder_s, decoder_s))
     return rows
 

@@ -11,10 +11,10 @@ median seconds per batch and questions per second.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+
+from timing import median_seconds
 
 QUESTION_TOKENS = 16
 REGIONS = 29  # region boxes per image; NaN rows mean the whole image to the GK module
@@ -44,13 +44,7 @@ def measure(shared: bool, repeats: int, batch_size: int, per_image: int) -> dict
         inputs = (images[image_index], boxes[image_index], input_ids, attention_mask, None)
 
     with torch.no_grad():
-        model.logits(*inputs)  # warm-up: allocations, first-call dispatch
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model.logits(*inputs)
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+        median = median_seconds(lambda: model.logits(*inputs), repeats)
     return {"seconds_per_batch": median, "questions_per_s": batch_size / median}
 
 
