@@ -19,11 +19,11 @@ from pydicom.pixels import apply_modality_lut
 
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS, CHEXPERT_CSV_LABELS, CHEXPERT_LABELS
 from cxrvlp.synth.anatomy import sample_anatomy
-from cxrvlp.synth.export import EXPORTERS, ExportError
 from cxrvlp.synth.questions import QuestionAnswer
 from cxrvlp.synth.report import write_report
 from cxrvlp.synth.scene import FINDING_TYPES, Scene, place_finding
 from cxrvlp.synth.study import RenderedStudy
+from cxrvlp.synth.writers import EXPORTERS, ExportError
 
 WIDTH, HEIGHT = 80, 96  # not square, so a swapped width/height shows
 LATERAL_SHAPE = (96, 72)

@@ -15,7 +15,6 @@ from scipy.ndimage import binary_dilation
 
 from cxrvlp.data.readers.siim import SIIMPneumothoraxDataset, decode_rle
 from cxrvlp.synth.anatomy import Anatomy, sample_anatomy
-from cxrvlp.synth.export import COVIDX_SOURCES, EXPORTERS, SIIM_RLE_HEADER
 from cxrvlp.synth.questions import write_questions
 from cxrvlp.synth.render import pneumothorax_mask, render_without
 from cxrvlp.synth.report import ReportNoise, write_report
@@ -37,6 +36,9 @@ from cxrvlp.synth.world import (
     generate_world,
     render_patient,
 )
+from cxrvlp.synth.writers import EXPORTERS
+from cxrvlp.synth.writers.covidx import COVIDX_SOURCES
+from cxrvlp.synth.writers.siim import SIIM_RLE_HEADER
 
 COVIDX_SPLITS = {"train": "train", "validate": "val", "test": "test"}
 

@@ -308,7 +308,7 @@ def generate_world(
 ) -> tuple[WorldSummary, list[RenderedStudy]]:
     """Render and export every cohort under ``config.out``; return a summary and the
     first frontal studies of the first cohort (for the preview)."""
-    from cxrvlp.synth.export import EXPORTERS
+    from cxrvlp.synth.writers import EXPORTERS
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
