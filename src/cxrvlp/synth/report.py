@@ -5,14 +5,21 @@ report parsers and labellers can be checked against what the text really says, a
 can be checked against the truth. The writer never calls an absent finding present and never
 negates a present one; the only departures from the truth are the configured omissions and
 hedges (:class:`ReportNoise`), as in real reports.
+
+The writer's words (severity words, how findings are named when negated or resolved, normal
+findings sections, indications) are in ``report_vocabulary.json`` beside this module. They
+are kept apart from the report parser's lexicon on purpose: the parser is tested against
+these reports, and a writer that shared its words would hide the parser's gaps.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -106,62 +113,18 @@ def _wrap(paragraph: str) -> list[str]:
 
 # ---- vocabulary ------------------------------------------------------------------------
 
-SEVERITY_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "pleural effusion": {
-        "small": ("small", "small", "trace"),  # a repeated word is drawn more often
-        "moderate": ("moderate",),
-        "large": ("large",),
-    },
-    "pneumothorax": {"small": ("small", "tiny"), "moderate": ("moderate",), "large": ("large",)},
-    "consolidation": {
-        "small": ("small", "mild", "subtle"),
-        "moderate": ("moderate",),
-        "large": ("large", "extensive"),
-    },
-    "pneumonia": {"small": ("small", "mild"), "moderate": ("moderate",), "large": ("extensive",)},
-    "lung opacity": {
-        "small": ("small", "mild", "subtle"),
-        "moderate": ("moderate",),
-        "large": ("large", "extensive"),
-    },
-    "atelectasis": {
-        "small": ("mild", "minimal"),
-        "moderate": ("moderate",),
-        "large": ("extensive",),
-    },
-    "nodule": {"small": ("small",), "moderate": ("moderate-sized",), "large": ("large",)},
-    "mass": {"small": ("small",), "moderate": ("moderate-sized",), "large": ("large",)},
-    "pulmonary edema": {"small": ("mild",), "moderate": ("moderate",), "large": ("severe",)},
-    "cardiomegaly": {"small": ("mild",), "moderate": ("moderate",), "large": ("severe", "marked")},
-    "enlarged cardiomediastinum": {
-        "small": ("mild",),
-        "moderate": ("moderate",),
-        "large": ("marked",),
-    },
-    "fracture": {
-        "small": ("nondisplaced", "subtle"),
-        "moderate": ("minimally displaced",),
-        "large": ("comminuted", "markedly displaced"),
-    },
-    COVID_NAME: {"small": ("mild", "faint"), "moderate": ("moderate",), "large": ("extensive",)},
-}
-SEVERITY_ADVERBS = {"small": "mildly", "moderate": "moderately", "large": "markedly"}
+VOCABULARY_FILE = Path(__file__).with_name("report_vocabulary.json")
+_VOCABULARY = json.loads(VOCABULARY_FILE.read_text(encoding="utf-8"))
 
+# Per finding and severity; a word listed twice is drawn more often.
+SEVERITY_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    finding: {severity: tuple(words) for severity, words in by_severity.items()}
+    for finding, by_severity in _VOCABULARY["severity_words"].items()
+}
+SEVERITY_ADVERBS: dict[str, str] = _VOCABULARY["severity_adverbs"]
 # How a finding is named when it is negated ("No pleural effusion or pneumothorax.").
 NEGATED_NAMES: dict[str, tuple[str, ...]] = {
-    "pleural effusion": ("pleural effusion", "pleural effusion", "effusion"),
-    "pneumothorax": ("pneumothorax",),
-    "consolidation": ("focal consolidation", "consolidation"),
-    "pneumonia": ("pneumonia",),
-    "lung opacity": ("focal opacity", "focal airspace opacity"),
-    "atelectasis": ("atelectasis",),
-    "pulmonary edema": ("pulmonary edema", "edema"),
-    "nodule": ("pulmonary nodule", "suspicious nodule"),
-    "mass": ("mass", "pulmonary mass"),
-    "cardiomegaly": ("cardiomegaly",),
-    "enlarged cardiomediastinum": ("mediastinal widening",),
-    "fracture": ("displaced fracture", "acute rib fracture"),
-    COVID_NAME: ("ground-glass opacity", "findings of viral pneumonia"),
+    finding: tuple(names) for finding, names in _VOCABULARY["negated_names"].items()
 }
 # How often an absent finding is negated, before the per-report factor.
 NEGATION_RATES = {
@@ -181,25 +144,8 @@ NEGATION_RATES = {
     # rate here would change the draws of every other report.
 }
 # How a finding of an earlier study is named once it has gone ("left pleural effusion").
-RESOLVED_NAMES = {
-    "pleural effusion": "pleural effusion",
-    "pneumothorax": "pneumothorax",
-    "consolidation": "consolidation",
-    "pneumonia": "pneumonia",
-    "lung opacity": "opacity",
-    "atelectasis": "atelectasis",
-    "pulmonary edema": "pulmonary edema",
-    "cardiomegaly": "cardiomegaly",
-    "enlarged cardiomediastinum": "mediastinal widening",
-    "nodule": "nodule",
-    "mass": "mass",
-    COVID_NAME: "ground-glass opacity",
-}
-PLURALS = {
-    "pleural effusion": "pleural effusions",
-    "opacity": "opacities",
-    "ground-glass opacity": "ground-glass opacities",
-}
+RESOLVED_NAMES: dict[str, str] = _VOCABULARY["resolved_names"]
+PLURALS: dict[str, str] = _VOCABULARY["plurals"]
 # Regions a negation speaks of: where the finding would have been looked for.
 TYPICAL_REGIONS: dict[str, tuple[str, ...]] = {
     "pleural effusion": ("right costophrenic angle", "left costophrenic angle"),
@@ -260,24 +206,9 @@ ORDINALS = {
 LUNG_HEIGHT_CM = 25.0
 CARINA_V = 0.35
 
-NORMAL_IMPRESSIONS = (
-    "No acute cardiopulmonary process.",
-    "No acute cardiopulmonary abnormality.",
-    "No acute intrathoracic process.",
-    "No radiographic evidence of acute cardiopulmonary disease.",
-)
-REASONS = (
-    "shortness of breath",
-    "chest pain",
-    "cough and fever",
-    "hypoxia",
-    "dyspnea on exertion",
-    "weakness",
-    "tachycardia",
-    "productive cough",
-    "pleuritic chest pain",
-)
-QUESTIONS = ("? acute process", "eval for acute cardiopulmonary process", "r/o acute process")
+NORMAL_IMPRESSIONS: tuple[str, ...] = tuple(_VOCABULARY["normal_impressions"])
+REASONS: tuple[str, ...] = tuple(_VOCABULARY["indication_reasons"])
+QUESTIONS: tuple[str, ...] = tuple(_VOCABULARY["indication_questions"])
 
 
 # ---- phrases -----------------------------------------------------------------------------
@@ -747,48 +678,9 @@ def _bone_normal(rng: np.random.Generator) -> _Sentence:
 
 
 # Whole normal findings sections: (sentence, findings it negates).
-NORMAL_TEMPLATES: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...] = (
-    (
-        ("The lungs are clear.", ()),
-        (
-            "The cardiomediastinal silhouette is within normal limits.",
-            ("cardiomegaly", "enlarged cardiomediastinum"),
-        ),
-        ("No pleural effusion or pneumothorax.", ("pleural effusion", "pneumothorax")),
-    ),
-    (
-        ("Heart size is normal.", ("cardiomegaly",)),
-        ("The mediastinal and hilar contours are unremarkable.", ("enlarged cardiomediastinum",)),
-        ("Lungs are clear without focal consolidation.", ("consolidation",)),
-        ("No pleural effusion or pneumothorax is seen.", ("pleural effusion", "pneumothorax")),
-        ("No acute osseous abnormality.", ("fracture",)),
-    ),
-    (
-        ("The lungs are well expanded and clear.", ()),
-        (
-            "Cardiac and mediastinal contours are normal.",
-            ("cardiomegaly", "enlarged cardiomediastinum"),
-        ),
-        (
-            "There is no focal consolidation, pleural effusion, or pneumothorax.",
-            ("consolidation", "pleural effusion", "pneumothorax"),
-        ),
-    ),
-    (
-        ("There is no focal airspace consolidation.", ("consolidation",)),
-        ("No pulmonary edema.", ("pulmonary edema",)),
-        ("No pleural effusion or pneumothorax.", ("pleural effusion", "pneumothorax")),
-        ("Normal heart size.", ("cardiomegaly",)),
-        ("Osseous structures are intact.", ("fracture",)),
-    ),
-    (
-        ("Lungs are clear.", ()),
-        ("No pneumothorax or pleural effusion.", ("pneumothorax", "pleural effusion")),
-        (
-            "Heart and mediastinum are within normal limits.",
-            ("cardiomegaly", "enlarged cardiomediastinum"),
-        ),
-    ),
+NORMAL_TEMPLATES: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...] = tuple(
+    tuple((line["sentence"], tuple(line["negates"])) for line in template)
+    for template in _VOCABULARY["normal_findings"]
 )
 
 

@@ -9,8 +9,10 @@ Written for this project in the NegEx / NegBio tradition; transparent, no model,
 2. ``split_sentences`` splits at sentence ends, blank lines and numbered-list markers, never
    after an abbreviation ("vs.") or inside a decimal ("2.5 cm").
 3. Each sentence becomes lower-case word tokens, and one greedy longest-match pass over a
-   phrase lexicon finds entities (names and synonyms of ``knowledge/entities.json``), cues
-   (negation, uncertainty, pseudo-negation, scope ends), locations, laterality and severity.
+   phrase lexicon finds entities (names and synonyms of ``knowledge_data/entities.json``) and
+   the phrases of ``knowledge_data/parser_lexicon.json``: cues (negation, uncertainty,
+   pseudo-negation, scope ends), locations, laterality, severity and organs. The vocabulary
+   grows by editing these two files.
 4. Existence: the nearest cue in an entity's scope decides. Pre-cues ("no", "without",
    "possible") reach forward, post-cues ("has resolved", "cannot be excluded") reach back,
    both within their clause: scope ends at ";", "but", "however", a copula that asserts
@@ -47,6 +49,7 @@ from cxrvlp.text.chexpert_rules import EXISTENCE_RANK
 from cxrvlp.text.sections import ReportSections, parse_mimic_report
 
 ENTITIES_PATH = Path(__file__).with_name("knowledge_data") / "entities.json"
+LEXICON_PATH = Path(__file__).with_name("knowledge_data") / "parser_lexicon.json"
 EXISTENCES: tuple[str, ...] = ("present", "absent", "uncertain")
 SEVERITIES: tuple[str, ...] = ("small", "moderate", "large")
 
@@ -138,6 +141,31 @@ def load_entities(path: str | Path = ENTITIES_PATH) -> dict[str, EntityInfo]:
     return entities
 
 
+def _read_lexicon_tables(path: Path) -> dict:
+    """The phrase tables of ``parser_lexicon.json``: cues, sides, severities, organs, zones..."""
+    try:
+        tables = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{path}: cannot read the report parser's lexicon ({error!r}); restore the file "
+            "from the repository"
+        ) from error
+    # A misspelt region fails no parse, it only gives wrong triplets: refuse it here.
+    zone_regions = {
+        template.format(side=side)
+        for zone in tables["zones"]
+        for template in zone["regions"]
+        for side in ("right", "left")
+    }
+    unknown = (set(tables["places"]) | zone_regions) - set(CHEST_IMAGENOME_REGIONS)
+    if unknown:
+        raise ValueError(f"{path}: regions not in CHEST_IMAGENOME_REGIONS: {sorted(unknown)}")
+    return tables
+
+
+_LEXICON_TABLES = _read_lexicon_tables(LEXICON_PATH)
+
+
 # ---- cleaning and sentences ----------------------------------------------------------------
 
 _DEIDENTIFIED = re.compile(r"_{2,}|\bX{2,}\b")
@@ -173,10 +201,7 @@ _BOUNDARY = re.compile(
 # Numbered-list markers and inline headings ("IMPRESSION:") that open a sentence.
 _LIST_MARKER = re.compile(r"^(?:\(?\d{1,2}[.)](?:\s+|$)|[A-Z]{3,}(?: [A-Z]{2,})*:\s*)+")
 _HAS_WORD = re.compile(r"[A-Za-z]")
-_ABBREVIATIONS = frozenset(
-    ("dr", "mr", "mrs", "ms", "e.g", "i.e", "eg", "ie", "vs", "approx", "appr", "st", "fig",
-     "cf", "incl", "resp", "a.m", "p.m", "pt", "ca", "esp", "ap", "pa", "lat")
-)  # fmt: skip
+_ABBREVIATIONS = frozenset(_LEXICON_TABLES["abbreviations"])
 
 
 def _ends_with_abbreviation(text: str, period_end: int) -> bool:
@@ -216,11 +241,14 @@ def tokens_of(text: str) -> list[str]:
 
 # Role kinds of a lexicon phrase (one phrase may play several roles, e.g. "large").
 ENTITY, GENERIC_DEVICE, NEGATED_ONLY, STATES_ABSENT = "entity", "generic", "negated", "absent"
-NEG_PRE, NEG_POST, UNC_PRE, UNC_POST = "neg_pre", "neg_post", "unc_pre", "unc_post"
-PSEUDO, TERMINATOR, AFFIRM, CHANGE, LINK = "pseudo", "term", "affirm", "change", "link"
+# The cue kinds name the phrase lists under "cues" in the lexicon file.
+NEG_PRE, NEG_POST = "negation_before", "negation_after"
+UNC_PRE, UNC_POST = "uncertainty_before", "uncertainty_after"
+PSEUDO, TERMINATOR, AFFIRM = "pseudo_negation", "scope_end", "affirmation"
+CHANGE, LINK = "change", "link"
 # A comma that opens a new statement ends a scope, except that of a cue announcing a list
 # ("differential diagnosis includes atelectasis, small infiltrate, scarring").
-COMMA_BREAK, LIST_SCOPE = "comma", "list"
+COMMA_BREAK, LIST_SCOPE = "comma", "list_opener"
 SIDE, ZONE, PLACE, SEVERITY, ORGAN, QUALIFIER, IGNORE = (
     "side", "zone", "place", "severity", "organ", "qual", "ignore"
 )  # fmt: skip
@@ -245,261 +273,60 @@ class _Organ(NamedTuple):
 
 
 # Generic device words: "support device" only where no specific device is named.
-GENERIC_DEVICE_WORDS = frozenset(
-    ("tube", "tubes", "line", "lines", "catheter", "catheters", "device", "devices", "tip",
-     "tips", "wire", "wires", "catheter tip", "tube tip", "line tip")
-)  # fmt: skip
+GENERIC_DEVICE_WORDS = frozenset(_LEXICON_TABLES["generic_device_words"])
 
 _CUES: dict[str, tuple[str, ...]] = {
-    NEG_PRE: (
-        "no", "not", "without", "w/o", "negative for", "free of", "clear of", "absence of",
-        "absent", "resolved", "resolution of", "interval resolution of", "removal of",
-        "interval removal of", "rather than", "nor", "neither", "no longer", "never",
-        "no evidence of", "no signs of", "no sign of", "lack of", "unlikely", "there is no",
-        "there are no", "status post removal of", "resolution of the",
-    ),
-    NEG_POST: (
-        "not seen", "not identified", "not visualized", "not present", "not evident",
-        "not appreciated", "not demonstrated", "not detected", "not noted", "not visible",
-        "not apparent", "is absent", "are absent", "has resolved", "have resolved",
-        "has cleared", "have cleared", "cleared", "removed", "has been removed",
-        "have been removed", "been removed", "removal", "been discontinued",
-        "has been discontinued", "no longer seen", "no longer visualized", "no longer present",
-        "no longer evident", "no longer identified", "no longer apparent", "no longer visible",
-        "no longer demonstrated", "ruled out", "has been excluded", "excluded",
-        "is unlikely", "are unlikely", "resolved",
-    ),
-    UNC_PRE: (
-        "possible", "possibly", "probable", "probably", "likely", "most likely", "questionable",
-        "question of", "questioned", "suspicious for", "suspected", "suspect", "suspicion of",
-        "concerning for", "concern for", "worrisome for", "suggestive of", "suggests",
-        "suggesting", "suggest", "may", "may represent", "may reflect", "may be",
-        "might", "might represent", "could", "could represent", "could be", "can not exclude",
-        "cannot exclude", "can t exclude", "cannot rule out", "can not rule out",
-        "can t rule out", "difficult to exclude", "rule out", "r/o", "evaluate for",
-        "assess for", "evaluation for", "to exclude", "exclude", "to completely exclude",
-        "potential", "presumed", "presumably",
-        "equivocal", "indeterminate", "uncertain", "perhaps", "versus", "vs", "differential",
-        "differential diagnosis includes", "differential includes", "borderline", "?",
-        "differential diagnosis", "differential considerations include",
-        "there may be", "cannot be excluded", "may be present", "likely representing",
-        "likely reflecting",
-    ),
-    UNC_POST: (
-        "cannot be excluded", "can not be excluded", "can t be excluded", "cannot be ruled out",
-        "can not be ruled out", "could not be excluded", "not excluded", "is not excluded",
-        "not ruled out", "not entirely excluded", "cannot be entirely excluded",
-        "not completely excluded", "may be present", "may also be present", "may be seen",
-        "could be present", "is possible", "are possible", "is suspected", "are suspected",
-        "is questioned", "is likely", "are likely", "is probable", "versus", "vs", "?",
-        "is not entirely excluded", "difficult to exclude", "is a possibility",
-        "may not be demonstrated", "may not be seen", "may not be visible",
-    ),
-    PSEUDO: (
-        "no change", "no interval change", "no significant change",
-        "no significant interval change", "no substantial change", "no appreciable change",
-        "no definite change", "no marked change", "no change in", "no interval change in",
-        "without change", "without interval change", "without significant change", "not changed",
-        "has not changed", "not significantly changed",
-        "no increase", "no decrease", "no significant increase", "no significant decrease",
-        "not only", "not necessarily", "partial resolution", "partially resolved",
-        "partially resolving", "partial clearing", "near complete resolution", "nearly resolved",
-        "incompletely resolved", "not completely resolved", "not fully resolved",
-        "not resolved", "has not resolved", "not been removed", "has not been removed",
-        "gram negative", "no longer", "not been excluded",
-    ),
-    TERMINATOR: (
-        ";", ":", "(", ")", "but", "however", "although", "though", "except", "except for",
-        "aside from", "apart from", "other than", "whereas", "while", "which", "otherwise",
-        "there is", "there are", "there has been", "there have been", "there remains",
-        "there remain", "there was", "there were", "with the exception of",
-    ),
-    AFFIRM: (
-        "is present", "are present", "is seen", "are seen", "is noted", "are noted",
-        "is identified", "are identified", "is visualized", "are visualized", "is evident",
-        "are evident", "is unchanged", "are unchanged", "unchanged", "is stable", "are stable",
-        "stable", "persists", "persist", "persistent", "persisting", "remains", "remain",
-        "again seen", "again noted", "again demonstrated", "redemonstrated", "is again",
-        "are again", "has increased", "have increased", "has decreased", "have decreased",
-        "has improved", "have improved", "has worsened", "have worsened", "is new", "are new",
-        "is demonstrated", "are demonstrated", "is appreciated", "is redemonstrated",
-    ),
-    CHANGE: (
-        "new", "increased", "increasing", "decreased", "decreasing", "improved", "improving",
-        "worsened", "worsening", "enlarging", "interval", "residual", "again", "developing",
-        "slightly",    ),
-    LIST_SCOPE: (
-        "differential", "differential diagnosis includes", "differential includes",
-        "differential diagnosis", "differential considerations include",
-    ),
-    LINK: (
-        "consistent with", "compatible with", "in keeping with", "representing", "reflecting",
-        "likely", "most likely", "probably", "possibly", "suggestive of", "concerning for",
-        "concern for", "suspicious for", "worrisome for", "may represent", "might represent",
-        "could represent", "may reflect", "due to", "secondary to", "related to",
-        "likely representing", "likely reflecting", "versus", "vs", "suggesting", "/",
-        "represents", "represent", "reflects", "reflect", "compatible", "most consistent with",
-        "attributed to", "caused by",
-    ),
-}  # fmt: skip
+    kind: tuple(phrases) for kind, phrases in _LEXICON_TABLES["cues"].items()
+}
 
 # Phrases read as nothing: they shadow shorter phrases inside them that would mislead.
-_IGNORED = (
-    "pericardial effusion", "pericardial effusions", "joint effusion", "subcutaneous emphysema",
-    "soft tissue emphysema", "soft tissue edema", "subcutaneous edema", "soft tissue swelling",
-    "pleural line", "visceral pleural line", "skin fold", "skin folds", "radiopaque density",
-    "radiopaque densities", "bone density", "bony density", "small bowel", "lytic lesion",
-    "lytic lesions", "sclerotic lesion", "sclerotic lesions", "osseous lesion",
-    "osseous lesions", "bony lesion", "bony lesions", "bone lesion", "skin lesion",
-    "to suggest", "to indicate", "previously seen", "previously noted", "previously described",
-    "azygoesophageal line", "paratracheal stripe", "nipple shadow", "nipple shadows",
-    "free air", "tip of the", "gas pattern", "bowel gas pattern",
-    "evaluation of", "limited evaluation", "not well evaluated", "not well seen",
-    "lateral decubitus", "left lateral decubitus", "right lateral decubitus", "decubitus",
-)  # fmt: skip
+_IGNORED: tuple[str, ...] = tuple(_LEXICON_TABLES["ignored"])
 
-_SIDES: dict[str, str] = {
-    "right": "right", "left": "left", "right sided": "right", "left sided": "left",
-    "right side": "right", "left side": "left", "on the right": "right", "on the left": "left",
-    "bilateral": "both", "bilaterally": "both", "both": "both", "both sides": "both",
-    "b/l": "both", "left and right": "both", "right and left": "both", "bilateral sided": "both",
-    "right greater than left": "both", "left greater than right": "both",
-}  # fmt: skip
+_SIDES: dict[str, str] = _LEXICON_TABLES["sides"]
 
-_SEVERITY_WORDS: dict[str, str] = {
-    **dict.fromkeys(
-        ("trace", "small", "tiny", "mild", "mildly", "minimal", "minimally", "slight", "slightly",
-         "subtle", "minor", "small sized", "small amount", "trace amount", "very small",
-         "nondisplaced", "non displaced"),
-        "small",
-    ),
-    **dict.fromkeys(
-        ("moderate", "moderately", "moderate sized", "moderate size", "medium",
-         "small to moderate", "mild to moderate", "small moderate", "moderate amount",
-         "small to moderate sized", "mild moderate"),
-        "moderate",
-    ),
-    **dict.fromkeys(
-        ("large", "severe", "severely", "extensive", "extensively", "massive", "marked",
-         "markedly", "huge", "substantial", "sizable", "sizeable", "large amount", "large sized",
-         "considerable", "moderate to large", "moderate to severe", "moderate large",
-         "moderate severe", "large volume"),
-        "large",
-    ),
-}  # fmt: skip
 
-_QUALIFIERS: dict[str, str] = {
-    **dict.fromkeys(
-        ("enlarged", "enlargement", "large", "increased", "increased in size", "prominent",
-         "widened", "widening", "wide", "big", "high", "globular", "elevated", "enlarging"),
-        "enlarged",
-    ),
-    **dict.fromkeys(
-        ("normal", "normal in size", "normal size", "normal sized", "within normal limits",
-         "within normal range", "within the normal range", "within normal", "unremarkable",
-         "not enlarged", "not widened", "not significantly enlarged", "not increased",
-         "not significantly widened", "intact", "grossly normal", "grossly unremarkable",
-         "normal appearing", "grossly intact", "no acute abnormality",
-         "not enlarged in size", "not large", "without acute abnormality",
-         "within limits of normal", "within the limits of normal", "no acute abnormalities",
-         "no abnormality", "no abnormalities", "no acute abnormality",
-         "without acute abnormalities", "without abnormality", "without acute osseous abnormality",
-         "without acute findings", "without acute bony abnormality"),
-        "normal",
-    ),
-    **dict.fromkeys(
-        ("upper limits of normal", "upper limit of normal", "top normal", "top normal in size",
-         "upper normal", "high normal", "borderline", "borderline enlarged",
-         "at the upper limits of normal", "borderline in size", "upper range of normal",
-         "top of normal", "upper limits normal", "upper limit normal"),
-        "borderline",
-    ),
-    **dict.fromkeys(("low", "decreased", "diminished", "reduced", "small"), "reduced"),
-}  # fmt: skip
+def _by_phrase(groups: dict[str, list[str]]) -> dict[str, str]:
+    """``{value: [phrase, ...]}`` of the lexicon file as ``{phrase: value}``."""
+    return {phrase: value for value, phrases in groups.items() for phrase in phrases}
 
-_HEART = _Organ(enlarged=("cardiomegaly",), normal=("cardiomegaly",))
-_MEDIASTINUM = _Organ(
-    enlarged=("enlarged cardiomediastinum",), normal=("enlarged cardiomediastinum",)
-)
-# An enlarged cardiomediastinal silhouette may be heart or mediastinum: the broader finding is
-# the safe reading; a normal one rules out both.
-_CARDIOMEDIASTINUM = _Organ(
-    enlarged=("enlarged cardiomediastinum",),
-    normal=("cardiomegaly", "enlarged cardiomediastinum"),
-)
-_BONES = _Organ(normal=("fracture",))
-_LUNG_VOLUMES = _Organ(
-    enlarged=("hyperinflation",),
-    reduced=("poor aeration",),
-    normal=("hyperinflation", "poor aeration"),
-)
-# "Pulmonary vascularity is normal" says nothing of edema in the CheXpert convention.
-_VASCULARITY = _Organ(enlarged=("vascular congestion",))
 
+_SEVERITY_WORDS: dict[str, str] = _by_phrase(_LEXICON_TABLES["severity"])
+_QUALIFIERS: dict[str, str] = _by_phrase(_LEXICON_TABLES["qualifiers"])
+
+# What a qualifier says of each organ of the lexicon file's "organs".
+_ORGAN_READINGS: dict[str, _Organ] = {
+    "heart": _Organ(enlarged=("cardiomegaly",), normal=("cardiomegaly",)),
+    "mediastinum": _Organ(
+        enlarged=("enlarged cardiomediastinum",), normal=("enlarged cardiomediastinum",)
+    ),
+    # An enlarged cardiomediastinal silhouette may be heart or mediastinum: the broader finding
+    # is the safe reading; a normal one rules out both.
+    "cardiomediastinum": _Organ(
+        enlarged=("enlarged cardiomediastinum",),
+        normal=("cardiomegaly", "enlarged cardiomediastinum"),
+    ),
+    "bones": _Organ(normal=("fracture",)),
+    "lung volumes": _Organ(
+        enlarged=("hyperinflation",),
+        reduced=("poor aeration",),
+        normal=("hyperinflation", "poor aeration"),
+    ),
+    # "Pulmonary vascularity is normal" says nothing of edema in the CheXpert convention.
+    "vascularity": _Organ(enlarged=("vascular congestion",)),
+}
 _ORGANS: dict[str, _Organ] = {
-    **dict.fromkeys(
-        ("heart", "heart size", "cardiac size", "size of the heart", "cardiac silhouette",
-         "cardiac contour", "cardiac contours", "cardiac shadow", "heart shadow",
-         "cardiac silhouette size", "heart contour", "cardiac outline", "heart silhouette",
-         "cardiac size and contour", "heart size and contour", "size of the cardiac silhouette"),
-        _HEART,
-    ),
-    **dict.fromkeys(
-        ("mediastinum", "mediastinal contour", "mediastinal contours", "mediastinal silhouette",
-         "mediastinal silhouettes", "mediastinal width", "superior mediastinum",
-         "upper mediastinum", "mediastinal and hilar contours", "hilar and mediastinal contours",
-         "mediastinal structures", "mediastinal shadow", "mediastinal configuration",
-         "mediastinal and hilar silhouettes", "hilar and mediastinal silhouettes",
-         "mediastinal and hilar structures", "mediastinal outline"),
-        _MEDIASTINUM,
-    ),
-    **dict.fromkeys(
-        ("cardiomediastinal silhouette", "cardiomediastinal silhouettes",
-         "cardiomediastinal contour", "cardiomediastinal contours", "cardiomediastinal structures",
-         "cardiomediastinal size", "cardiomediastinal shadow", "cardiomediastinal",
-         "cardiac and mediastinal contours", "cardiac and mediastinal silhouettes",
-         "cardiac and mediastinal silhouette", "cardiac and mediastinal contour",
-         "heart and mediastinum", "heart and mediastinal contours", "cardiomediastinal outline",
-         "cardiopericardial silhouette", "pericardial silhouette", "cardiomediastinal width",
-         "cardio mediastinal silhouette", "cardio mediastinal contours",
-         "cardio mediastinal contour", "cardio mediastinal silhouettes"),
-        _CARDIOMEDIASTINUM,
-    ),
-    **dict.fromkeys(
-        ("osseous structures", "bony structures", "osseous", "bones", "bony thorax",
-         "skeletal structures", "visualized osseous structures", "visualized bones", "ribs",
-         "osseous structures of the thorax", "bony structures of the thorax", "skeleton",
-         "visualized skeleton", "bony", "thoracic skeleton"),
-        _BONES,
-    ),
-    **dict.fromkeys(
-        ("lung volumes", "lung volume", "inspiratory volumes", "lungs volumes"), _LUNG_VOLUMES
-    ),
-    **dict.fromkeys(
-        ("pulmonary vascularity", "pulmonary vasculature", "vascularity", "vasculature",
-         "pulmonary vessels", "vascular markings", "pulmonary vascular markings",
-         "pulmonary blood flow", "pulmonary vascular markings"),
-        _VASCULARITY,
-    ),
-}  # fmt: skip
+    phrase: _ORGAN_READINGS[organ]
+    for phrase, organ in _by_phrase(_LEXICON_TABLES["organs"]).items()
+}
 
 # Phrases that negate a finding only when negated themselves: "no acute osseous abnormality"
 # rules out a fracture, "osseous abnormality" alone states none.
-_NEGATED_ONLY: dict[str, str] = dict.fromkeys(
-    ("osseous abnormality", "osseous abnormalities", "bony abnormality", "bony abnormalities",
-     "osseous injury", "bony injury", "osseous findings", "bony findings", "bone abnormality",
-     "skeletal abnormality", "osseous injuries", "bony injuries", "displacement"),
-    "fracture",
-)  # fmt: skip
+_NEGATED_ONLY: dict[str, str] = _by_phrase(_LEXICON_TABLES["negated_only"])
 # Phrases that state a finding's absence by themselves.
-_STATES_ABSENT: dict[str, str] = dict.fromkeys(
-    ("extubated", "extubation", "interval extubation", "has been extubated"), "endotracheal tube"
-)
+_STATES_ABSENT: dict[str, str] = _by_phrase(_LEXICON_TABLES["states_absent"])
 # Phrases that name two findings at once.
 _COMPOUNDS: dict[str, tuple[str, ...]] = {
-    "hydropneumothorax": ("pneumothorax", "pleural effusion"),
-    "hydropneumothoraces": ("pneumothorax", "pleural effusion"),
-    "pneumohydrothorax": ("pneumothorax", "pleural effusion"),
+    phrase: tuple(names) for phrase, names in _LEXICON_TABLES["compounds"].items()
 }
 
 _ZONE_TEMPLATES = {
@@ -508,111 +335,18 @@ _ZONE_TEMPLATES = {
     "middle": "{side} mid lung zone",
     "lower": "{side} lower lung zone",
 }
-_ZONE_NOUNS = (
-    "lung zone", "lung zones", "lung", "lungs", "lobe", "lobes", "zone", "zones", "lung field",
-    "lung fields", "field", "fields", "hemithorax", "lung region", "lung regions", "region",
-)  # fmt: skip
-_LOWER, _UPPER, _MID = (
-    ("{side} lower lung zone",),
-    ("{side} upper lung zone",),
-    ("{side} mid lung zone",),
-)
-_APICAL, _HILAR = ("{side} apical zone",), ("{side} hilar structures",)
-_CPA, _HEMIDIAPHRAGM = ("{side} costophrenic angle",), ("{side} hemidiaphragm",)
-_LUNG, _CLAVICLE = ("{side} lung",), ("{side} clavicle",)
-
+_ALL_LUNG_ZONES = ("{side} upper lung zone", "{side} mid lung zone", "{side} lower lung zone")
+_ZONE_NOUNS: tuple[str, ...] = tuple(_LEXICON_TABLES["zone_nouns"])
+# A zone's "side" is set where the word tells it ("bibasilar", "lingula"); otherwise the side
+# written with the word applies.
 _ZONES: dict[str, _Zone] = {
-    **{p: _Zone(_LOWER + _CPA, None) for p in ("base", "bases", "lung base", "lung bases")},
-    **{
-        p: _Zone(_LOWER, None)
-        for p in ("basilar", "basal", "basilar segment", "basilar segments", "infrahilar",
-                  "lower lobe segment", "lower lobe segments", "base of the lung")
-    },
-    **{p: _Zone(_MID, None) for p in ("midlung", "midlungs", "midzone", "midzones",
-                                      "mid lung field")},
-    **{p: _Zone(_APICAL, None) for p in ("apex", "apices", "apical", "lung apex", "lung apices",
-                                         "apical zone", "apical region", "apical zones")},
-    **{p: _Zone(_HILAR, None) for p in ("hilum", "hila", "hilar", "perihilar", "hilus",
-                                        "hilar region", "hilar regions", "perihilar region",
-                                        "hilar structures", "perihilar regions", "suprahilar",
-                                        "parahilar")},
-    **{p: _Zone(_CPA, None) for p in ("costophrenic angle", "costophrenic angles",
-                                      "costophrenic sulcus", "costophrenic sulci", "cp angle",
-                                      "cp angles", "costophrenic recess", "costophrenic recesses",
-                                      "costophrenic", "costophrenic region",
-                                      "lateral costophrenic angle")},
-    **{p: _Zone(_HEMIDIAPHRAGM, None) for p in ("hemidiaphragm", "hemidiaphragms", "diaphragm",
-                                                "diaphragms", "hemidiaphragmatic",
-                                                "diaphragmatic")},
-    **{p: _Zone(_LUNG, None) for p in ("lung", "lungs", "hemithorax", "hemithoraces",
-                                       "lung field", "lung fields", "pleural space",
-                                       "pleural spaces", "chest wall", "lung parenchyma",
-                                       "rib", "posterior rib", "anterior rib", "lateral rib",
-                                       "hemithoraces", "pleural surface", "pleural surfaces")},
-    **{p: _Zone(_CLAVICLE, None) for p in ("clavicle", "clavicles", "clavicular",
-                                           "clavicular head", "clavicular heads")},
-    **{p: _Zone(_LOWER, "both") for p in ("bibasilar", "bibasal", "bibasally", "bibasilar region")},
-    **{p: _Zone(_APICAL, "both") for p in ("biapical",)},
-    **{p: _Zone(_HILAR, "both") for p in ("bihilar",)},
-    **{p: _Zone(_LOWER, "left") for p in ("retrocardiac", "retrocardiac region")},
-    **{p: _Zone(_MID, "left") for p in ("lingula", "lingular", "lingular segment")},
-    **{p: _Zone(_MID, "right") for p in ("middle lobe", "right middle lobe")},
-}  # fmt: skip
-
+    phrase: _Zone(tuple(zone["regions"]), zone["side"])
+    for zone in _LEXICON_TABLES["zones"]
+    for phrase in zone["phrases"]
+}
 _PLACES: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(
-        ("mediastinal", "mediastinum", "esophagus", "esophageal", "aortopulmonary window",
-         "subcarinal", "prevascular"),
-        ("mediastinum",),
-    ),
-    **dict.fromkeys(
-        ("superior mediastinum", "upper mediastinum", "superior mediastinal", "paratracheal",
-         "upper mediastinal", "thoracic inlet"),
-        ("upper mediastinum",),
-    ),
-    **dict.fromkeys(
-        ("trachea", "tracheal", "above the carina", "proximal trachea", "mid trachea",
-         "distal trachea", "airway"),
-        ("trachea",),
-    ),
-    **dict.fromkeys(("carina", "carinal", "at the carina", "level of the carina"), ("carina",)),
-    **dict.fromkeys(("svc", "superior vena cava", "mid svc", "lower svc", "upper svc"), ("svc",)),
-    **dict.fromkeys(
-        ("cavoatrial junction", "cavo atrial junction", "cavoatrial", "caval atrial junction",
-         "atriocaval junction", "cavoatrial region"),
-        ("cavoatrial junction",),
-    ),
-    **dict.fromkeys(("right atrium", "right atrial", "atrium", "atrial"), ("right atrium",)),
-    **dict.fromkeys(
-        ("heart", "cardiac silhouette", "cardiac", "right ventricle", "right ventricular",
-         "ventricle", "ventricular", "left ventricle", "left ventricular", "pericardial",
-         "left atrium", "right heart border", "left heart border", "heart border",
-         "heart borders"),
-        ("cardiac silhouette",),
-    ),
-    **dict.fromkeys(
-        ("aortic arch", "aortic knob", "aorta", "aortic", "arch of the aorta",
-         "thoracic aorta", "descending aorta"),
-        ("aortic arch",),
-    ),
-    **dict.fromkeys(
-        ("spine", "thoracic spine", "spinal", "vertebral", "vertebra", "vertebrae",
-         "vertebral body", "vertebral bodies", "thoracolumbar", "lumbar spine", "t spine",
-         "thoracic vertebral body", "thoracic vertebral bodies", "thoracic vertebra",
-         *(f"t{level}" for level in range(1, 13)), *(f"l{level}" for level in range(1, 6))),
-        ("spine",),
-    ),
-    **dict.fromkeys(
-        ("stomach", "gastric", "abdomen", "abdominal", "upper abdomen", "below the diaphragm",
-         "below the diaphragms", "below the hemidiaphragm", "below the left hemidiaphragm",
-         "below the right hemidiaphragm", "beneath the diaphragm", "under the diaphragm",
-         "subdiaphragmatic", "bowel", "duodenum", "duodenal", "jejunum", "gastric fundus",
-         "fundus", "gastroesophageal junction", "ge junction", "upper quadrant",
-         "right upper quadrant", "left upper quadrant", "colon", "colonic", "splenic flexure",
-         "gastric body", "antrum", "pylorus", "below the level of the diaphragm"),
-        ("abdomen",),
-    ),
-}  # fmt: skip
+    phrase: (region,) for phrase, region in _by_phrase(_LEXICON_TABLES["places"]).items()
+}
 
 
 def _zone_coordinations() -> dict[str, _Zone]:
@@ -626,7 +360,7 @@ def _zone_coordinations() -> dict[str, _Zone]:
             for joint in ("and", "to", "through", "or", ""):
                 zones[" ".join(f"{first} {joint} {second} {noun}".split())] = _Zone(both, None)
         for joint in ("upper mid and lower", "upper mid lower", "upper middle and lower"):
-            zones[f"{joint} {noun}"] = _Zone(_UPPER + _MID + _LOWER, None)
+            zones[f"{joint} {noun}"] = _Zone(_ALL_LUNG_ZONES, None)
     zones.pop("middle lobe", None)  # the right middle lobe: a fixed side, in _ZONES
     for phrase, zone in _ZONES.items():  # "left perihilar lung", "retrocardiac region"
         if " " not in phrase and phrase not in ("lung", "lungs"):
