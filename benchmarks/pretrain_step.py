@@ -201,8 +201,27 @@ def prepared_asg(name: str):
     return model, asg_batch(model, BATCH[name], model.vocab_size)
 
 
+def top_operators(step, count: int) -> list[dict]:
+    """The ``count`` operators with the most self CPU time over one profiled step."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as profile:
+        step()
+    events = profile.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    ranked = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)
+    return [
+        {"operator": event.key, "self_s": event.self_cpu_time_total / 1e6,
+         "share": event.self_cpu_time_total / total, "calls": event.count}
+        for event in ranked[:count]
+    ]  # fmt: skip
+
+
 def measure(
-    name: str, steps: int, prompt_length: int | None = None, grounding: bool = True
+    name: str,
+    steps: int,
+    prompt_length: int | None = None,
+    grounding: bool = True,
+    profile_top: int = 0,
 ) -> dict:
     """``prompt_length`` and ``grounding`` apply to GK-MVLP only."""
     import resource
@@ -264,8 +283,10 @@ def measure(
         if key in COMPONENTS:
             # Forward calls per step (GK-MVLP's text encoder runs for reports and prompts).
             components[COMPONENTS[key]] += sum(values) / calls
+    operators = top_operators(lambda: step(timed=False), profile_top) if profile_top else []
     return {
         "model": name + ("" if grounding else " -grounding"),
+        "top_operators": operators,
         "batch": BATCH[name],
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "samples_per_s": BATCH[name] / step_time,
@@ -293,12 +314,18 @@ def main() -> None:
     parser.add_argument(
         "--no-grounding", action="store_true", help="GK-MVLP models also without the term"
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="also profile one step (torch.profiler) and print its N costliest operators",
+    )  # fmt: skip
     parser.add_argument("--without", action="store_true", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure in this process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        measured = measure(args.one, args.steps, args.prompt_max_length, not args.without)
+        measured = measure(
+            args.one, args.steps, args.prompt_max_length, not args.without, args.profile
+        )
         print(json.dumps(measured))
         return
     peak = matmul_peak_gflops()
@@ -315,6 +342,8 @@ def main() -> None:
             command += ["--prompt-max-length", str(args.prompt_max_length)]
         if without:
             command.append("--without")
+        if args.profile:
+            command += ["--profile", str(args.profile)]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
     print(f"{'model':<24}{'batch':>6}{'params M':>10}{'samples/s':>11}{'step s':>9}"
@@ -333,6 +362,12 @@ def main() -> None:
     for r in results:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in r["components_forward_s"].items())
         print(f"  {r['model']}: {parts}")
+    for r in results:
+        if r["top_operators"]:
+            print(f"\ncostliest operators of one {r['model']} step (self CPU time, torch.profiler)")
+            for op in r["top_operators"]:
+                print(f"  {op['operator']:<44}{op['self_s']:>8.3f} s{op['share']:>7.1%}"
+                      f"{op['calls']:>7} calls")  # fmt: skip
 
 
 if __name__ == "__main__":
