@@ -1,6 +1,9 @@
-"""Process groups for torchrun: one process per device, gloo on CPU and nccl on GPU.
+"""Process groups for torchrun or srun: one process per device, gloo on CPU and nccl on GPU.
 
-The helpers are no-ops in a single process, so the same code runs with and without torchrun.
+A process learns its place from torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` or, launched
+by SLURM's srun without torchrun, from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``
+with ``MASTER_ADDR``/``MASTER_PORT`` exported by the batch script. The helpers are no-ops in a
+single process, so the same code runs with and without a launcher.
 ``gather_with_grad`` lets a loss see the whole global batch while gradients flow back to the
 process that produced each row; ``global_mean`` turns a local sum into a contribution whose
 average over processes (what DistributedDataParallel applies to gradients) is the mean over
@@ -10,6 +13,8 @@ the global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -33,17 +38,64 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+@dataclass(frozen=True)
+class Placement:
+    """This process's place among all processes, and among those on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def placement_from_environment(environment: Mapping[str, str]) -> Placement:
+    """torchrun's variables when set, else srun's, else a process alone.
+
+    torchrun wins because it may itself run as an srun task, whose SLURM variables then
+    describe the agent, not the workers torchrun started.
+    """
+    if "WORLD_SIZE" in environment:
+        return Placement(
+            rank=int(environment.get("RANK", "0")),
+            world_size=int(environment["WORLD_SIZE"]),
+            local_rank=int(environment.get("LOCAL_RANK", "0")),
+        )
+    if "SLURM_PROCID" in environment and "SLURM_NTASKS" in environment:
+        return Placement(
+            rank=int(environment["SLURM_PROCID"]),
+            world_size=int(environment["SLURM_NTASKS"]),
+            local_rank=int(environment.get("SLURM_LOCALID", "0")),
+        )
+    return Placement()
+
+
 def init_from_environment(device: torch.device, timeout_minutes: float = 30.0) -> bool:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); False when alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    """Join the process group torchrun or srun describes (world size > 1); False when alone."""
+    placement = placement_from_environment(os.environ)
+    if placement.world_size <= 1 or is_distributed():
         return is_distributed()
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        # torchrun always sets both. Name SLURM: its variables bring a process here that srun
+        # did not start (a batch script of several tasks), and torch's error would not say why.
+        raise RuntimeError(
+            f"{placement.world_size} processes but no {' or '.join(missing)}: under SLURM, "
+            "launch one task per device with srun and export MASTER_ADDR and MASTER_PORT "
+            "(docs/pretraining.md)"
+        )
+    # env:// reads the rank and world size from the environment: give srun's to it, and to
+    # anything else that reads torchrun's names.
+    os.environ["RANK"] = str(placement.rank)
+    os.environ["WORLD_SIZE"] = str(placement.world_size)
+    os.environ["LOCAL_RANK"] = str(placement.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    dist.init_process_group(
+        backend=backend, init_method="env://", timeout=timedelta(minutes=timeout_minutes)
+    )
     return True
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return placement_from_environment(os.environ).local_rank
 
 
 def barrier() -> None:

@@ -88,7 +88,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", distributed.local_rank())
+            # srun --gpus-per-task shows each task only its own device, as index 0.
+            return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
         return torch.device("cpu")
     return torch.device(name)
 
