@@ -1,18 +1,25 @@
-"""The region detector at micro scale: loss falls, one box per region, export round trip."""
+"""The region detector at micro scale: loss falls, one box per region, export round trip,
+SIGKILL + --resume latest == uninterrupted."""
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from cxrvlp.cli import main
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
 from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
+from cxrvlp.detector.bundle import load_detector, save_detector
 from cxrvlp.detector.evaluate import evaluate_detector, predict_files
-from cxrvlp.detector.export import load_detector, save_detector
 from cxrvlp.detector.train import TrainOptions, detector_transform, train_detector
+from cxrvlp.engine.checkpoint import CheckpointManager, step_dir_name
 from cxrvlp.models.detector import DetectorConfig, RegionDetector, region_ious
+from pretrain_runs import cli, environment, metrics
 
 SIZE = 96
 
@@ -139,3 +146,61 @@ def test_iou_of_absent_truth_is_nan():
     truth = torch.tensor([[0.0, 0.0, 10.0, 20.0], [float("nan")] * 4])
     ious = region_ious(predicted, truth)
     assert ious[0] == pytest.approx(0.5) and torch.isnan(ious[1])
+
+
+@pytest.fixture
+def restore_threads():
+    """Runs here train on one thread, as the subprocess does; later tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train_argv(world: Path, out: Path, steps: int) -> list[str]:
+    return [
+        "detector", "train", "--imagenome", str(world / "chest-imagenome"),
+        "--images", str(world / "mimic-cxr-jpg"), "--out", str(out), "--image-size", "64",
+        "--batch-size", "2", "--lr", "5e-4", "--max-steps", str(steps),
+        "--checkpoint-every", "4", "--threads", "1",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_latest_ends_with_the_uninterrupted_weights(
+    world, tmp_path, restore_threads
+):
+    # 13 training images in batches of 2: 6 steps an epoch, so the step-8 checkpoint is in
+    # the middle of the second epoch and the run crosses two more epoch ends after it.
+    steps = 20
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    assert main(_train_argv(world, uninterrupted, steps)) == 0
+
+    process = subprocess.Popen(
+        cli(_train_argv(world, killed, steps)),
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = killed / "checkpoints" / step_dir_name(8) / "meta.json"
+    deadline = time.monotonic() + 240
+    while not marker.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.is_file(), "the run ended before its step-8 checkpoint"
+    assert CheckpointManager(killed).latest().name != step_dir_name(steps), "killed too late"
+
+    assert main(["detector", "train", "--out", str(killed), "--resume", "latest"]) == 0
+    expected = load_file(uninterrupted / "model.safetensors")
+    resumed = load_file(killed / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, resumed[name]), name
+    rows = metrics(killed)
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))
+    assert [row["loss"] for row in rows] == [row["loss"] for row in metrics(uninterrupted)]
+
+
+def test_a_finished_run_is_not_overwritten(trained, world):
+    with pytest.raises(SystemExit, match="--resume latest"):
+        main(_train_argv(world, trained, 2))

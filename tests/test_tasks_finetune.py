@@ -98,7 +98,7 @@ def test_detector_annotates_each_image_of_a_vqa_set_once(downstream_world, tmp_p
     from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
     from cxrvlp.data.pretraining import read_detector_boxes
     from cxrvlp.data.readers.vqa import SLAKEDataset
-    from cxrvlp.detector.export import save_detector
+    from cxrvlp.detector.bundle import save_detector
     from cxrvlp.models.detector import DetectorConfig, RegionDetector
 
     config = DetectorConfig(image_size=64)

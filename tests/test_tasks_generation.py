@@ -338,8 +338,8 @@ def test_generate_command_reports_each_readable_image(bundle, tmp_path, monkeypa
 def test_generate_command_maps_detector_boxes_to_the_model_input(
     bundle, tmp_path, monkeypatch, capsys
 ):
+    from cxrvlp.detector.bundle import load_detector, save_detector
     from cxrvlp.detector.evaluate import predict_files
-    from cxrvlp.detector.export import load_detector, save_detector
     from cxrvlp.models.detector import DetectorConfig, RegionDetector
 
     config = DetectorConfig(image_size=64)

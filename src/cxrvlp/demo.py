@@ -232,8 +232,8 @@ class Demo:
 
     def annotate(self, dataset: str) -> None:
         from cxrvlp.data.readers import reader_class
+        from cxrvlp.detector.bundle import load_detector
         from cxrvlp.detector.evaluate import annotate_dataset
-        from cxrvlp.detector.export import load_detector
         from cxrvlp.detector.train import detector_transform
 
         root = load_data_file(self.world / "data.yaml").root_of(dataset)

@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from cxrvlp.engine.checkpoint import CHECKPOINTS_DIR, LATEST
 from cxrvlp.errors import DataError
 
 DESCRIPTION = """\
@@ -19,29 +19,33 @@ predict on image files (DICOM accepted) with overlays, annotate a whole data set
 """
 
 
-def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--imagenome", type=Path, required=True, help="Chest ImaGenome root")
-    parser.add_argument("--images", type=Path, required=True, help="MIMIC-CXR-JPG root")
+def _data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--imagenome", type=Path, required=required, help="Chest ImaGenome root")
+    parser.add_argument("--images", type=Path, required=required, help="MIMIC-CXR-JPG root")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="detector_command", required=True, metavar="ACTION")
+    # The training settings default to None, so that a resumed run keeps the saved value of
+    # every setting not given again; a new run takes TrainOptions' defaults for them.
     train = commands.add_parser("train", help="train the detector (resumable)")
-    _data_options(train)
+    _data_options(train, required=False)
     train.add_argument("--out", type=Path, required=True, help="run folder (export lands here)")
-    train.add_argument(
-        "--backbone", default="resnet18-fpn", help="resnet18-fpn (CPU) or resnet50-fpn"
-    )
-    train.add_argument("--image-size", type=int, default=224)
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--lr", type=float, default=3e-4)
+    train.add_argument("--backbone", help="resnet18-fpn (CPU, the default) or resnet50-fpn")
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--max-steps", type=int, help="stop after this many steps")
-    train.add_argument("--epochs", type=int, default=1, help="epochs when --max-steps is not given")
+    train.add_argument("--epochs", type=int, help="epochs when --max-steps is not given")
     train.add_argument("--max-minutes", type=float, help="stop and save after this long")
-    train.add_argument("--checkpoint-every", type=int, default=200)
-    train.add_argument("--resume", help="'latest' or a checkpoint folder")
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument(
+        "--resume",
+        help=f"'{LATEST}' or a checkpoint folder of OUT: continue that run with its saved "
+        "settings (a setting given again replaces the saved one)",
+    )
     train.add_argument("--init-weights", type=Path, help="local ResNet weights to start from")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(action=run_train)
 
@@ -81,30 +85,47 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from cxrvlp.detector.train import TrainOptions, train_detector
+TRAIN_SETTINGS = (
+    "imagenome",
+    "images",
+    "backbone",
+    "image_size",
+    "batch_size",
+    "lr",
+    "max_steps",
+    "epochs",
+    "max_minutes",
+    "checkpoint_every",
+    "init_weights",
+    "seed",
+    "threads",
+)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    options = TrainOptions(
-        imagenome=args.imagenome,
-        images=args.images,
-        out=args.out,
-        backbone=args.backbone,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        max_steps=args.max_steps,
-        epochs=args.epochs,
-        max_minutes=args.max_minutes,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        init_weights=args.init_weights,
-        seed=args.seed,
-    )
+
+def run_train(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.train import OPTIONS_FILE, TrainOptions, read_options, train_detector
+
+    given = {name: getattr(args, name) for name in TRAIN_SETTINGS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.resume:
+        if not (args.out / OPTIONS_FILE).is_file():
+            raise SystemExit(
+                f"cannot resume: {args.out / OPTIONS_FILE} does not exist. Start the run "
+                "without --resume."
+            )
+        options = replace(read_options(args.out), **given, resume=args.resume)
+    else:
+        if (args.out / CHECKPOINTS_DIR).is_dir():
+            raise SystemExit(
+                f"{args.out} already holds a run: continue it with --resume {LATEST}, or pass "
+                "another --out."
+            )
+        if args.imagenome is None or args.images is None:
+            raise SystemExit("cxrvlp detector train needs --imagenome and --images")
+        options = TrainOptions(out=args.out, **given)
     summary = train_detector(options)
     print(
-        f"trained {summary['steps']} steps in {summary['seconds']} s; "
+        f"trained {summary['steps']} steps in {summary['minutes']} min; "
         f"detector exported to {args.out}"
     )
     return 0
@@ -123,8 +144,8 @@ def _dataset(args: argparse.Namespace, split: str | None):
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.bundle import load_detector
     from cxrvlp.detector.evaluate import evaluate_detector
-    from cxrvlp.detector.export import load_detector
 
     model = load_detector(args.model)
     args.image_size = model.config.image_size
@@ -147,8 +168,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.bundle import load_detector
     from cxrvlp.detector.evaluate import draw_overlay, predict_files
-    from cxrvlp.detector.export import load_detector
 
     model = load_detector(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,8 +183,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
+    from cxrvlp.detector.bundle import load_detector
     from cxrvlp.detector.evaluate import annotate_dataset
-    from cxrvlp.detector.export import load_detector
 
     model = load_detector(args.model)
     args.image_size = model.config.image_size

@@ -1,29 +1,45 @@
-"""Training the anatomical region detector on Chest ImaGenome boxes (real or synthetic)."""
+"""Training the anatomical region detector on Chest ImaGenome boxes (real or synthetic).
+
+The detector trains on the engine's :class:`~cxrvlp.engine.train.Trainer`: this module builds
+the model, the data set and the collate function, and exports the trained detector. The run
+folder (``options.out``) receives ``detector_train.json`` (the options), the Trainer's
+``checkpoints/``, ``metrics.jsonl``, ``tensorboard/`` and ``summary.json``, and the exported
+detector (``model.safetensors`` + ``config.json``, see :mod:`cxrvlp.detector.bundle`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch import nn
 
 from cxrvlp.data.image_io import read_image_size
 from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset
-from cxrvlp.data.sample import collate_samples
+from cxrvlp.data.sample import Sample, collate_samples
 from cxrvlp.data.transforms import ResizePad
-from cxrvlp.detector.export import save_detector
-from cxrvlp.engine.checkpoint import CheckpointManager
+from cxrvlp.detector.bundle import load_initial_backbone, save_detector
 from cxrvlp.engine.seeding import seed_everything
+from cxrvlp.engine.train import TrainConfig, Trainer
 from cxrvlp.models.detector import LUNG_REGIONS, DetectorConfig, RegionDetector
+from cxrvlp.models.outputs import TaskOutput
 
 log = logging.getLogger(__name__)
+
+OPTIONS_FILE = "detector_train.json"
+# Faster R-CNN's four summed losses have far larger gradient norms than the engine's default
+# clip expects: clip only the outliers.
+GRAD_CLIP = 10.0
+LOG_EVERY = 1  # a metrics row per step
+# bf16 autocast has not been validated for the box regression: fp32 on every device.
+PRECISION = "fp32"
+MIN_BOX_SIDE = 1.0  # pixels; a thinner true box (degenerate, or clipped away) is not a target
+_PATH_OPTIONS = ("imagenome", "images", "out", "init_weights")
 
 
 @dataclass
@@ -37,15 +53,33 @@ class TrainOptions:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # the cosine decay ends at this fraction of the peak lr
     max_steps: int | None = None
-    epochs: int = 1
+    epochs: int = 1  # sets the number of steps when max_steps is not given
     max_minutes: float | None = None  # stop (and save) when this much time has passed
     checkpoint_every: int = 200
     resume: str | None = None  # "latest" or a checkpoint folder
     init_weights: Path | None = None
     seed: int = 0
     workers: int = 0
+    threads: int | None = None
     progress: bool = True
+
+
+def write_options(options: TrainOptions) -> None:
+    text = json.dumps(asdict(options), default=str, indent=2) + "\n"
+    (Path(options.out) / OPTIONS_FILE).write_text(text)
+
+
+def read_options(out: Path) -> TrainOptions:
+    """The options a run in ``out`` was started with (its ``detector_train.json``)."""
+    saved = json.loads((Path(out) / OPTIONS_FILE).read_text())
+    names = {field.name for field in fields(TrainOptions)}
+    values = {name: value for name, value in saved.items() if name in names}
+    for name in _PATH_OPTIONS:
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
+    return TrainOptions(**values)
 
 
 def detector_transform(image_size: int, augment: bool) -> ResizePad:
@@ -60,9 +94,33 @@ def to_targets(batch: dict) -> list[dict]:
         present = ~torch.isnan(boxes).any(dim=1)
         labels = torch.nonzero(present).flatten() + 1
         kept = boxes[present]
-        valid = (kept[:, 2] > kept[:, 0] + 1) & (kept[:, 3] > kept[:, 1] + 1)
+        valid = (kept[:, 2] > kept[:, 0] + MIN_BOX_SIDE) & (kept[:, 3] > kept[:, 1] + MIN_BOX_SIDE)
         targets.append({"boxes": kept[valid], "labels": labels[valid]})
     return targets
+
+
+def collate_with_targets(samples: list[Sample]) -> dict[str, Any]:
+    """``collate_samples`` plus the batch's torchvision ``targets`` (one dict per image)."""
+    batch = collate_samples(samples)
+    if "boxes" in batch:
+        batch["targets"] = to_targets(batch)
+    return batch
+
+
+class DetectorTraining(nn.Module):
+    """The engine's model contract over a :class:`RegionDetector`: a batch's images and
+    targets in, torchvision's training losses out, summed into ``loss``."""
+
+    def __init__(self, detector: RegionDetector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, batch: dict[str, Any]) -> TaskOutput:
+        losses = self.detector(list(batch["image"]), batch["targets"])
+        return TaskOutput(
+            loss=sum(losses.values()),
+            losses={name.removeprefix("loss_"): value.detach() for name, value in losses.items()},
+        )
 
 
 def fallback_positions(dataset: ChestImaGenomeDataset, image_size: int) -> tuple[list, list]:
@@ -87,15 +145,33 @@ def fallback_positions(dataset: ChestImaGenomeDataset, image_size: int) -> tuple
     return np.nanmean(to_lungs, axis=0).tolist(), np.nanmean(to_image, axis=0).tolist()
 
 
-def _schedule(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+def train_config(options: TrainOptions, dataset_size: int) -> TrainConfig:
+    """The engine's settings for ``options``; ``epochs`` counts whole batches (the engine
+    drops an epoch's last, incomplete batch)."""
+    batches_per_epoch = dataset_size // options.batch_size
+    return TrainConfig(
+        batch_size=options.batch_size,
+        lr=options.lr,
+        weight_decay=options.weight_decay,
+        warmup_steps=options.warmup_steps,
+        min_lr_ratio=options.min_lr_ratio,
+        max_steps=options.max_steps or batches_per_epoch * options.epochs,
+        max_minutes=options.max_minutes,
+        grad_clip=GRAD_CLIP,
+        checkpoint_every=options.checkpoint_every,
+        log_every=LOG_EVERY,
+        seed=options.seed,
+        workers=options.workers,
+        threads=options.threads,
+        precision=PRECISION,
+    )
 
 
 def train_detector(options: TrainOptions) -> dict:
-    """Train, checkpoint (resumable), and export the detector to ``options.out``."""
+    """Train (resumable with ``options.resume``) and export the detector to ``options.out``;
+    returns the engine's run summary."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
     seed_everything(options.seed)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,90 +184,31 @@ def train_detector(options: TrainOptions) -> dict:
     if len(dataset) == 0:
         raise ValueError(f"no training images in {options.imagenome} joined to {options.images}")
     to_lungs, to_image = fallback_positions(dataset, options.image_size)
-    config = DetectorConfig(
-        backbone=options.backbone,
-        image_size=options.image_size,
-        relative_to_lungs=to_lungs,
-        relative_to_image=to_image,
+    detector = RegionDetector(
+        DetectorConfig(
+            backbone=options.backbone,
+            image_size=options.image_size,
+            relative_to_lungs=to_lungs,
+            relative_to_image=to_image,
+        )
     )
-    model = RegionDetector(config)
-    if options.init_weights is not None:
-        from cxrvlp.detector.export import load_initial_backbone
-
-        load_initial_backbone(model, options.init_weights)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
-    )
-    steps_per_epoch = math.ceil(len(dataset) / options.batch_size)
-    total_steps = options.max_steps or steps_per_epoch * options.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _schedule(step, options.warmup_steps, total_steps)
-    )
-    checkpoints = CheckpointManager(out)
-    step = 0
-    if options.resume:
-        state = checkpoints.load(options.resume, model, optimizer, scheduler)
-        step = state["step"]
-        log.info("resumed from step %d", step)
-    (out / "detector_train.json").write_text(
-        json.dumps({**vars(options), "total_steps": total_steps}, default=str, indent=2)
-    )
-    generator = torch.Generator().manual_seed(options.seed)
-    loader = DataLoader(
+    if options.init_weights is not None and not options.resume:
+        load_initial_backbone(detector, options.init_weights)
+    write_options(options)
+    trainer = Trainer(
+        DetectorTraining(detector),
         dataset,
-        batch_size=options.batch_size,
-        shuffle=True,
-        generator=generator,
-        collate_fn=collate_samples,
-        num_workers=options.workers,
-        drop_last=True,
+        collate_with_targets,
+        out,
+        train_config(options, len(dataset)),
+        progress=options.progress,
+        desc="detector",
     )
-    start = time.perf_counter()
-    skipped = 0
-    model.train()
-    bar = tqdm(
-        total=total_steps, initial=step, desc="detector", unit="step", disable=not options.progress
-    )
-    with (out / "metrics.jsonl").open("a") as metrics:
-        while step < total_steps:
-            for batch in loader:
-                skipped += len(batch["skipped"])
-                if "image" not in batch:
-                    continue
-                losses = model(list(batch["image"]), to_targets(batch))
-                loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                row = {
-                    "step": step,
-                    "loss": loss.item(),
-                    **{k: v.item() for k, v in losses.items()},
-                }
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}")
-                out_of_time = options.max_minutes is not None and (
-                    time.perf_counter() - start > 60 * options.max_minutes
-                )
-                if step % options.checkpoint_every == 0 or step >= total_steps or out_of_time:
-                    checkpoints.save(step, model, optimizer, scheduler)
-                if step >= total_steps or out_of_time:
-                    break
-            if out_of_time:
-                break
-    bar.close()
-    save_detector(model, out)
-    seconds = time.perf_counter() - start
-    summary = {
-        "steps": step,
-        "seconds": round(seconds, 1),
-        "skipped_samples": skipped,
-        "out": str(out),
-    }
-    log.info("detector training done: %s", summary)
+    if options.resume:
+        trainer.resume(options.resume)
+    summary = trainer.run()
+    save_detector(detector, out)
+    summary["images"] = len(dataset)
+    summary["out"] = str(out)
+    log.info("detector training done: %d steps, exported to %s", summary["steps"], out)
     return summary

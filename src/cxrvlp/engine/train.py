@@ -28,6 +28,7 @@ from cxrvlp.engine.checkpoint import CheckpointManager
 from cxrvlp.engine.data import GlobalBatchSampler, SeededSamples
 from cxrvlp.engine.metrics import MetricsLogger
 from cxrvlp.engine.precision import autocast, resolve_precision
+from cxrvlp.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-        for key, value in batch.items()
-    }
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with its tensors on ``device``, also those inside lists, tuples and dicts (a
+    detector's batch holds one target dict of tensors per image)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_device(item, device) for item in value]
+    if isinstance(value, tuple):
+        return tuple(to_device(item, device) for item in value)
+    return value
 
 
 class Trainer:
@@ -176,7 +184,8 @@ class Trainer:
 
     # ---- loop -------------------------------------------------------------------------------
     def _batches(self):
-        """Endless micro-batches from the saved data position, epoch after epoch."""
+        """Endless micro-batches from the saved data position, epoch after epoch; a batch none
+        of whose samples could be read is counted in ``skipped`` and passed over."""
         while True:
             self.sampler.set_position(self.epoch, self.batch_in_epoch)
             self.dataset.epoch = self.epoch
@@ -186,10 +195,27 @@ class Trainer:
                 collate_fn=self.collate,
                 num_workers=self.config.workers,
                 persistent_workers=False,
+                # Without a generator of its own, every pass over a loader draws its workers'
+                # seed from torch's global RNG, which models may draw from too (a detector's
+                # proposal sampling): a resumed run, which starts one more pass, would then
+                # continue with other random numbers. The samples' randomness does not come
+                # from this seed (SeededSamples).
+                generator=torch.Generator().manual_seed(self.config.seed),
             )
+            whole_epoch, readable = self.batch_in_epoch == 0, False
             for batch in loader:
                 self.batch_in_epoch += 1
-                yield batch
+                self.skipped += len(batch.get("skipped", []))
+                for path, error in batch.get("skipped", []):
+                    log.warning("skipped %s: %s", path, error)
+                if len(batch["index"]) > 0:
+                    readable = True
+                    yield batch
+            if whole_epoch and not readable:
+                raise DataError(
+                    f"no sample of a whole epoch (epoch {self.epoch}) could be read, see the "
+                    "warnings above: check the data set's files"
+                )
             self.epoch += 1
             self.batch_in_epoch = 0
 
@@ -215,9 +241,6 @@ class Trainer:
             step_samples = 0
             for micro in range(config.accumulate):
                 batch = next(batches)
-                self.skipped += len(batch.get("skipped", []))
-                for path, error in batch.get("skipped", []):
-                    log.warning("skipped %s: %s", path, error)
                 if self.first_batch_check is not None:
                     self.first_batch_check(batch)
                     self.first_batch_check = None

@@ -56,7 +56,7 @@ def build_app(args: argparse.Namespace):
     bundle = load_pretrained(args.model, device=args.device)
     detector = None
     if args.detector is not None:
-        from cxrvlp.detector.export import load_detector
+        from cxrvlp.detector.bundle import load_detector
 
         detector = load_detector(args.detector).to(args.device)
     vqa = None

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if model.gk is None and args.boxes_from is not None:
         print(f"note: {args.model} has no GK module; --boxes-from is not used", file=sys.stderr)
     elif model.gk is not None and args.boxes_from is not None:
-        from cxrvlp.detector.export import load_detector
+        from cxrvlp.detector.bundle import load_detector
 
         detector = load_detector(args.boxes_from)
     elif model.gk is not None:
