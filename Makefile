@@ -42,13 +42,16 @@ test: install lint
 	$(PY) -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
+# The peers benchmark needs the bench extra (open_clip).
 bench: install
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/synth_throughput.py
 	$(PY) benchmarks/pretrain_step.py
 	$(PY) benchmarks/localization_step.py
 	$(PY) benchmarks/segmentation_step.py
 	$(PY) benchmarks/vqa_scoring.py
 	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
