@@ -35,6 +35,7 @@ OPTIONS_FILE = "detector_train.json"
 # Faster R-CNN's four summed losses have far larger gradient norms than the engine's default
 # clip expects: clip only the outliers.
 GRAD_CLIP = 10.0
+ADAM_BETA2 = 0.999  # torch's default, with which the detector's results were measured
 LOG_EVERY = 1  # a metrics row per step
 # bf16 autocast has not been validated for the box regression: fp32 on every device.
 PRECISION = "fp32"
@@ -158,6 +159,7 @@ def train_config(options: TrainOptions, dataset_size: int) -> TrainConfig:
         max_steps=options.max_steps or batches_per_epoch * options.epochs,
         max_minutes=options.max_minutes,
         grad_clip=GRAD_CLIP,
+        adam_beta2=ADAM_BETA2,
         checkpoint_every=options.checkpoint_every,
         log_every=LOG_EVERY,
         seed=options.seed,

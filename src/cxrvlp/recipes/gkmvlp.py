@@ -264,7 +264,11 @@ class GKMVLP(nn.Module):
         input_ids, attention_mask = _pad_to_global_length(
             batch["input_ids"], batch["attention_mask"]
         )
-        entities, positions = self.prompt_embeddings()
+        # Only the GK module and ECLS read the knowledge prompts: without both, encoding them
+        # would cost more report-encoder tokens than the reports themselves.
+        entities, positions = None, None
+        if self.gk is not None or self.loss_weights["ecls"] > 0:
+            entities, positions = self.prompt_embeddings()
         image = self.encode_image(batch["image"], batch.get("boxes"), entities, positions)
         text_hidden = self.encode_text(input_ids, attention_mask)
         text_embedding = self.text_embedding(text_hidden, attention_mask)
