@@ -6,7 +6,7 @@ DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench clean browser
+.PHONY: install demo test test-fast lint bench clean browser
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ test: install lint
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # The peers benchmark needs the bench extra (open_clip).
+# Everything but the tests marked slow (end to end on rendered worlds, the paper-size models,
+# several processes): a couple of minutes, for the edit-test loop. CI runs `make test`.
+test-fast: install lint
+	$(PY) -m pytest -q -m "not slow"
+
 bench: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/synth_throughput.py

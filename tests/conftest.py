@@ -10,6 +10,16 @@ import pytest
 
 from cxrvlp.cli import main
 
+# End-to-end tests: they run on a rendered synthetic world (and some on a pre-trained bundle),
+# so they are marked slow; `make test-fast` leaves them out, `make test` and CI run them.
+WORLD_FIXTURES = {"make_mimic_world", "downstream_world", "pretrained_bundle"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def make_mimic_world(tmp_path_factory):

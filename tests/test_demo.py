@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from cxrvlp.cli import main
 from cxrvlp.demo import FULL, QUICK, demo_config
+
+pytestmark = pytest.mark.slow  # the whole pipeline, end to end
 
 MICRO = """
 world: {studies: 40, image_size: 96, downstream_fraction: 0.5, cohort_studies: {rsna: 24}}

@@ -24,6 +24,12 @@ MICRO = {
     "gk": {"layers": 1, "heads": 2},
 }
 
+# The paper-size architectures take seconds each to build and step: the slow tier.
+MODELS_BY_TIER = [
+    name if name.endswith("-tiny") else pytest.param(name, marks=pytest.mark.slow)
+    for name in list_models()
+]
+
 
 def _merge(base: dict, extra: dict) -> dict:
     merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
@@ -188,6 +194,7 @@ def test_itc_temperature_starts_at_the_configured_value(tokenizer):
     assert math.exp(model.logit_scale.item()) == pytest.approx(1 / 0.07, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_report_encoder_from_the_local_minilm_folder(tokenizer):
     from transformers import BertModel
 
@@ -254,6 +261,7 @@ def test_grounding_weight_zero_gives_the_knowledge_base_model_exactly(tokenizer)
     assert torch.equal(report(batch).loss, today(batch).loss)
 
 
+@pytest.mark.slow
 def test_grounding_term_trains_the_prompt_attention_onto_the_named_region(tokenizer):
     model = _model(tokenizer, losses={"itc": 0.0, "itm": 0.0, "lm": 0.0, "ecls": 0.0})
     batch = _batch(tokenizer)
@@ -285,7 +293,7 @@ def test_ecls_on_v_cls_scores_the_global_vector(tokenizer):
     assert "grounding" not in _model(tokenizer, gk={"enabled": False})(batch).losses
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS_BY_TIER)
 def test_every_registered_model_builds_as_its_recipe_with_the_configured_sizes(name):
     from cxrvlp.models.registry import RECIPES, recipe
 
@@ -324,7 +332,7 @@ RECIPE_LOSSES = {"gkmvlp": {"itc", "itm", "lm", "grounding", "ecls"},
                  "asg": {"ira", "arsa", "irl", "erl"}}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS_BY_TIER)
 def test_every_registered_model_trains_a_step_at_a_reduced_image_size(name, tmp_path):
     """Each architecture at its own widths and depths, 64 px images, through its recipe's
     collator: every loss term finite and gradients reaching both encoders."""

@@ -50,6 +50,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 # ---- caption metrics ---------------------------------------------------------------------
 def test_caption_metrics_equal_pycocoevalcap_scorers_on_ptb_tokens():
     result = caption_metrics(GENERATED, REFERENCES)

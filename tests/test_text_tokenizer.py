@@ -95,6 +95,7 @@ with tempfile.TemporaryDirectory() as folder:
 """
 
 
+@pytest.mark.slow
 def test_the_same_corpus_gives_the_same_vocabulary_in_every_process(reports):
     # Without the fixed order of continuing pieces, 6 of 6 processes gave 6 vocabularies here.
     vocabularies = {
