@@ -20,7 +20,9 @@ gkmvlp-small (``--small``: a few layers of width 64, to check the script in seco
 
 Every round calls each side of a comparison once, one after the other, so a slow spell of a
 shared machine falls on both; the table gives the median seconds per call and the ratio
-peer / cxrvlp (above 1: cxrvlp is faster). Parameters are those that take part: for training,
+peer / cxrvlp (above 1: cxrvlp is faster). Each side steps with its own library's AdamW:
+cxrvlp's fused kernel (its engine's), torch's default for open_clip (its training script's).
+Parameters are those that take part: for training,
 the ones that got a gradient; for generation, the modules that run.
 """
 
@@ -126,11 +128,16 @@ def set_random_knowledge_prompts(model) -> None:
     model.set_knowledge_prompts(names, prompts(len(names)), prompts(len(CHEST_IMAGENOME_REGIONS)))
 
 
-def training_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """One AdamW step of ``model`` on ``loss()``. The gradients are cleared before, not after,
-    the step, so that the last step's gradients show which parameters took part."""
+def training_step(
+    model: torch.nn.Module, loss: Callable[[], torch.Tensor], fused: bool
+) -> Callable[[], None]:
+    """One AdamW step of ``model`` on ``loss()``, with the fused AdamW kernel (as cxrvlp's
+    engine steps) or torch's default one (as open_clip's training script steps). The
+    gradients are cleared before, not after, the step, so that the last step's gradients show
+    which parameters took part."""
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, fused=fused)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -210,8 +217,8 @@ def compare_itc_step(config: DictConfig, batch_size: int, rounds: int) -> list[T
         return clip_loss(image_features, text_features, logit_scale)
 
     steps = {
-        "cxrvlp": training_step(cxrvlp, lambda: cxrvlp(cxrvlp_batch).loss),
-        "peer": training_step(peer, peer_loss),
+        "cxrvlp": training_step(cxrvlp, lambda: cxrvlp(cxrvlp_batch).loss, fused=True),
+        "peer": training_step(peer, peer_loss, fused=False),
     }
     seconds = interleaved_medians(steps, rounds)
     name = f"ITC-only training step, batch {batch_size}"
@@ -379,8 +386,8 @@ def full_training_steps(config: DictConfig, batch_size: int, rounds: int) -> lis
     asg_inputs = asg_batch(asg, batch_size, asg.vocab_size)
 
     steps = {
-        "gkmvlp": training_step(gkmvlp, lambda: gkmvlp(gkmvlp_inputs).loss),
-        "asg": training_step(asg, lambda: asg(asg_inputs).loss),
+        "gkmvlp": training_step(gkmvlp, lambda: gkmvlp(gkmvlp_inputs).loss, fused=True),
+        "asg": training_step(asg, lambda: asg(asg_inputs).loss, fused=True),
     }
     seconds = interleaved_medians(steps, rounds)
     name = f"full training step, batch {batch_size}"
