@@ -202,7 +202,7 @@ def compare_itc_step(config: DictConfig, batch_size: int, rounds: int) -> list[T
     import open_clip
 
     cxrvlp = build_cxrvlp(config, ITC_ONLY)
-    # Its forward encodes the entity prompts whatever the losses, so they must be set.
+    # Set as in a real model; an ITC-only forward leaves them unencoded.
     set_random_knowledge_prompts(cxrvlp)
     cxrvlp_batch = gkmvlp_batch(cxrvlp, batch_size, cxrvlp.vocab_size)
 
@@ -422,8 +422,7 @@ def header(args: argparse.Namespace, config: DictConfig, peak: float) -> str:
             f"on each side is {args.new_tokens} tokens.",
             f"Differences beyond size: cxrvlp's ViT takes {image.channels} channel(s), "
             f"open_clip's 3; cxrvlp trains with its drop_path {image.drop_path} and dropout "
-            f"{text.dropout}, open_clip with none; cxrvlp's ITC step also encodes the 40 "
-            "entity prompts (its forward always does).",
+            f"{text.dropout}, open_clip with none.",
         ]
     )
 
