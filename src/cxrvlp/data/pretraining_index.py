@@ -15,6 +15,7 @@ temporary name and renamed, so a crash mid-write leaves no half index behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -155,7 +156,8 @@ def write_index(
             np.savez(stream, **arrays)
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         log.warning(
             "pre-training index not written to %s (%s): the next start parses again. "
             "Pass data.index=<a writable folder> (or index= in Python) to keep one.",
