@@ -48,7 +48,14 @@ checkpoints/ and tokenizer/. Examples:
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
-DATA_DEFAULTS = {"root": None, "split": "train", "boxes": "imagenome", "cache": None}
+# data.index: the pre-training index folder ("auto": ROOT/.cxrvlp-index; "none": parse each start).
+DATA_DEFAULTS = {
+    "root": None,
+    "split": "train",
+    "boxes": "imagenome",
+    "cache": None,
+    "index": "auto",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,12 +140,14 @@ def pretrain(
 
     transform = transform_from_config(config.model.image, augment=train_config.augment)
     boxes = None if str(config.data.boxes) == "none" else config.data.boxes
+    index = str(config.data.get("index", "auto"))  # configs of older runs have no data.index
     dataset = pretraining_dataset(
         config.data.root,
         split=str(config.data.split),
         boxes=boxes,
         transform=transform,
         cache=config.data.cache,
+        index=None if index == "none" else index,
     )
     tokenizer = _tokenizer(config, run_dir, dataset)
     seed_everything(train_config.seed)

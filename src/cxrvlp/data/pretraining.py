@@ -10,26 +10,50 @@ logged; the GK module then attends to the whole image).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import multiprocessing
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
+import cxrvlp
 from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
+from cxrvlp.data.pretraining_index import (
+    INDEX_FOLDER,
+    INDEX_FORMAT,
+    index_file,
+    load_index,
+    source_digest,
+    write_index,
+)
 from cxrvlp.data.readers.imagenome import ChestImaGenomeDataset, finding_regions_of
-from cxrvlp.data.readers.mimic import MIMICCXRDataset
-from cxrvlp.errors import DataError, MissingFileError
-from cxrvlp.text.parse import Triplet, parse_report
-from cxrvlp.text.prompts import prompts_from_triplets
+from cxrvlp.data.readers.mimic import PREFIX, MIMICCXRDataset
+from cxrvlp.data.sample import Record
+from cxrvlp.errors import DataError, MissingFileError, Problem
+from cxrvlp.text.parse import ENTITIES_PATH, PARSER_VERSION, Triplet, parse_report
+from cxrvlp.text.prompts import KnowledgePrompt, prompts_from_triplets
+from cxrvlp.text.sections import ReportSections, section_mimic_report
 
 log = logging.getLogger(__name__)
 
 MIMIC_FOLDER = "mimic-cxr-jpg"
 IMAGENOME_FOLDER = "chest-imagenome"
 IMAGENOME_SPLITS = ("train", "valid", "test")
+_PARALLEL_FROM = 2000  # reports below which forking workers costs more than it saves
+# The code whose output the index stores: an edit to it (or this module) makes it stale.
+_PARSING_CODE = (
+    parse_report,
+    prompts_from_triplets,
+    section_mimic_report,
+    MIMICCXRDataset,
+    ChestImaGenomeDataset,
+    write_index,
+)
 
 
 def pretraining_dataset(
@@ -39,7 +63,9 @@ def pretraining_dataset(
     boxes: str | Path | None = "imagenome",
     transform: Any = None,
     cache: Any = None,
-) -> MIMICCXRDataset:
+    index: str | Path | None = "auto",
+    workers: int | None = None,
+) -> PretrainingDataset:
     """MIMIC-CXR pairs of one official split (``train``, ``validate``, ``test``) with boxes
     (``"imagenome"``, a detector JSONL path, or None), ``extra["entities"]``: entity name ->
     existence of the report (the parser's), the source of the ECLS targets, and
@@ -48,6 +74,10 @@ def pretraining_dataset(
     finding of that region from (ASG's region-sentence links). With Chest ImaGenome boxes,
     ``extra["finding_regions"]`` holds finding -> regions of its scene graph, and
     ``extra["region_sentences"]["imagenome"]`` region -> the phrases the scene graph links it to.
+
+    ``index`` is the folder of the pre-training index (``"auto"``: ``ROOT/.cxrvlp-index``;
+    None: parse every start), see :mod:`cxrvlp.data.pretraining_index`; ``workers``
+    processes parse the reports when it is built (default: up to 4 CPUs).
     """
     root = Path(root)
     mimic_root = root / MIMIC_FOLDER
@@ -58,41 +88,19 @@ def pretraining_dataset(
             "Pass --data the folder holding mimic-cxr-jpg/, mimic-cxr-reports/ and "
             "chest-imagenome/ (a `cxrvlp synth` output has this layout).",
         )
-    dataset = MIMICCXRDataset(mimic_root, split=split, transform=transform, cache=cache)
+    folder = root / INDEX_FOLDER if str(index) == "auto" else index
+    dataset = PretrainingDataset(
+        root,
+        boxes=boxes,
+        index=None if folder is None else index_file(Path(folder), split, boxes),
+        workers=workers or min(4, os.cpu_count() or 1),
+        split=split,
+        transform=transform,
+        cache=cache,
+    )
     if not dataset.records:
         raise DataError(f"{mimic_root} holds no image of split {split!r} with a report")
-    annotations = _region_boxes(root, boxes)
-    parsed: dict[str, dict[str, Any]] = {}
-    missing_boxes = 0
-    for record in tqdm(dataset.records, desc=f"reports ({split})", unit="image", disable=None):
-        key = record.study_id
-        if key not in parsed:
-            report = parse_report(record.report) if record.report else None
-            parsed[key] = {
-                "entities": report.findings() if report else {},
-                "prompts": prompts_from_triplets(report.triplets) if report else [],
-                "rule_links": sentences_by_region(report.triplets) if report else {},
-            }
-        found = annotations.boxes.get(record.image_id)
-        if found is None:
-            missing_boxes += 1
-            found = np.full((len(CHEST_IMAGENOME_REGIONS), 4), np.nan, np.float32)
-        record.boxes = found
-        record.box_labels = CHEST_IMAGENOME_REGIONS
-        study = parsed[key]
-        links = {"rules": study["rule_links"]}
-        record.extra = {
-            **record.extra,
-            "entities": study["entities"],
-            "prompts": study["prompts"],
-            "region_sentences": links,
-        }
-        if annotations.finding_regions is not None:
-            record.extra["finding_regions"] = annotations.finding_regions.get(record.image_id, {})
-            phrases = annotations.region_phrases.get(record.image_id, {})
-            links["imagenome"] = {
-                region: [phrase for phrase, _ in pairs] for region, pairs in phrases.items()
-            }
+    missing_boxes = sum(record.image_id in dataset.unboxed_images for record in dataset.records)
     dataset.n_missing_boxes = missing_boxes
     if boxes is not None and missing_boxes:
         log.warning(
@@ -102,6 +110,125 @@ def pretraining_dataset(
             split,
         )
     return dataset
+
+
+class PretrainingDataset(MIMICCXRDataset):
+    """MIMIC-CXR images whose records carry the pre-training annotations (see
+    :func:`pretraining_dataset`), read from the index when it is current."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        boxes: str | Path | None,
+        index: Path | None,
+        workers: int = 1,
+        **kwargs: Any,
+    ):
+        self.pretraining_root = root
+        self.boxes_source = boxes
+        self.index_path = index
+        self.workers = workers
+        self.unboxed_images: frozenset[str] = frozenset()
+        self.n_missing_boxes = 0
+        super().__init__(root / MIMIC_FOLDER, **kwargs)
+
+    def _read(self) -> tuple[list[Record], list[Problem]]:
+        # The key is taken before reading: a file changed meanwhile makes the index stale.
+        key = None if self.index_path is None else self._index_key()
+        if key is not None:
+            loaded = load_index(self.index_path, key, self.root)
+            if loaded is not None:
+                self.n_rows, self.n_filtered_views = loaded.n_rows, loaded.n_filtered_views
+                self.unboxed_images = loaded.unboxed_images
+                return loaded.records, loaded.problems
+        records, problems = super()._read()
+        annotations = _region_boxes(self.pretraining_root, self.boxes_source)
+        self.unboxed_images = frozenset(annotate(records, annotations, self.workers))
+        if key is not None:
+            counts = {"n_rows": self.n_rows, "n_filtered_views": self.n_filtered_views}
+            write_index(
+                self.index_path, key, self.root, records, problems, counts, self.unboxed_images
+            )
+        return records, problems
+
+    def _index_key(self) -> dict[str, Any]:
+        """What the index must match: versions, split, box source and the sources' stats."""
+        sources = [*sorted(self.root.glob(f"{PREFIX}-*.csv*"))]
+        report_source = self._report_source()
+        if report_source is not None:
+            sources.append(report_source)
+        if self.boxes_source is not None:
+            imagenome = str(self.boxes_source) == "imagenome"
+            sources.append(
+                self.pretraining_root / IMAGENOME_FOLDER if imagenome else Path(self.boxes_source)
+            )
+        # The parser's rules and vocabulary: an edit changes what parsing yields.
+        sources += [Path(inspect.getfile(code)) for code in _PARSING_CODE]
+        sources.append(Path(__file__))
+        sources.append(ENTITIES_PATH.parent)
+        return {
+            "format": INDEX_FORMAT,
+            "cxrvlp": cxrvlp.__version__,
+            "parser": PARSER_VERSION,
+            "split": self._wanted_split,
+            "boxes": None if self.boxes_source is None else str(self.boxes_source),
+            "sources": source_digest(path for path in sources if path.exists()),
+        }
+
+
+def annotate(records: list[Record], annotations: RegionAnnotations, workers: int = 1) -> set[str]:
+    """Attach boxes, entities, prompts and sentence links to ``records`` (in place); returns
+    the image ids ``annotations`` has no boxes for (they keep NaN boxes)."""
+    reports = {record.study_id: record.report for record in records}
+    parsed = dict(zip(reports, _parse_all(list(reports.values()), workers), strict=True))
+    unboxed = set()
+    for record in records:
+        found = annotations.boxes.get(record.image_id)
+        if found is None:
+            unboxed.add(record.image_id)
+            found = np.full((len(CHEST_IMAGENOME_REGIONS), 4), np.nan, np.float32)
+        record.boxes = found
+        record.box_labels = CHEST_IMAGENOME_REGIONS
+        entities, prompts, rule_links = parsed[record.study_id]
+        links = {"rules": rule_links}
+        record.extra = {
+            **record.extra,
+            "entities": entities,
+            "prompts": prompts,
+            "region_sentences": links,
+        }
+        if annotations.finding_regions is not None:
+            record.extra["finding_regions"] = annotations.finding_regions.get(record.image_id, {})
+            phrases = annotations.region_phrases.get(record.image_id, {})
+            links["imagenome"] = {
+                region: [phrase for phrase, _ in pairs] for region, pairs in phrases.items()
+            }
+    return unboxed
+
+
+StudyAnnotations = tuple[dict[str, str], list[KnowledgePrompt], dict[str, list[str]]]
+
+
+def _parse_all(reports: list[ReportSections | None], workers: int) -> list[StudyAnnotations]:
+    """Entities, prompts and rule links of each report, in order; forked workers share the
+    parse for large sets (our own processes: their pickled results are trusted)."""
+    progress = {"total": len(reports), "desc": "reports", "unit": "study", "disable": None}
+    if workers <= 1 or len(reports) < _PARALLEL_FROM:
+        return [_parse_study(report) for report in tqdm(reports, **progress)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(tqdm(pool.imap(_parse_study, reports, chunksize=256), **progress))
+
+
+def _parse_study(report: ReportSections | None) -> StudyAnnotations:
+    if not report:
+        return {}, [], {}
+    parsed = parse_report(report)
+    return (
+        parsed.findings(),
+        prompts_from_triplets(parsed.triplets),
+        sentences_by_region(parsed.triplets),
+    )
 
 
 class RegionAnnotations(NamedTuple):

@@ -50,6 +50,8 @@ from cxrvlp.text.sections import ReportSections, parse_mimic_report
 
 ENTITIES_PATH = Path(__file__).with_name("knowledge_data") / "entities.json"
 LEXICON_PATH = Path(__file__).with_name("knowledge_data") / "parser_lexicon.json"
+# Bump when a rule change alters what parse_report returns: pre-training indexes rebuild.
+PARSER_VERSION = 1
 EXISTENCES: tuple[str, ...] = ("present", "absent", "uncertain")
 SEVERITIES: tuple[str, ...] = ("small", "moderate", "large")
 
