@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-from timing import median_seconds
 
 from cxrvlp.cli import main as cxrvlp_main
 from cxrvlp.data.cache import prepare_cache
@@ -37,6 +36,7 @@ from cxrvlp.engine.train import TrainConfig, Trainer, to_device
 from cxrvlp.models.registry import attach_prompts, collator, model_from_config
 from cxrvlp.pretrain import build_config
 from cxrvlp.text.tokenizer import corpus_from_paths, load_tokenizer, train_wordpiece
+from timing import median_seconds
 
 MODEL = "gkmvlp-tiny"  # the demo's GK-MVLP recipe
 
@@ -46,9 +46,7 @@ def build_trainer(world: Path, folder: Path, workers: int) -> Trainer:
     pretraining = QUICK["pretrain"]
     tokenizer_dir = folder / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
-        train_wordpiece(
-            corpus_from_paths([world]), tokenizer_dir, QUICK["tokenizer"]["vocab_size"]
-        )
+        train_wordpiece(corpus_from_paths([world]), tokenizer_dir, QUICK["tokenizer"]["vocab_size"])
     config = build_config(
         MODEL,
         overrides=[
@@ -97,6 +95,13 @@ def training_step(trainer: Trainer, batch: dict) -> None:
     trainer.step += 1
 
 
+def consumption_rate(trainer: Trainer, batches: list[dict]) -> float:
+    """Batches/s of the training step: the median over all but the first (warm-up) batch."""
+    trainer.module.train()
+    remaining = iter(batches)
+    return 1.0 / median_seconds(lambda: training_step(trainer, next(remaining)), len(batches) - 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--studies", type=int, default=300, help="MIMIC-CXR studies rendered")
@@ -125,12 +130,7 @@ def main() -> None:
             trainer = build_trainer(world, folder, workers)
             delivered = [delivery_rate(trainer, args.batches) for _ in range(args.repeats)]
             batches = list(itertools.islice(trainer._batches(), args.repeats + 1))
-            trainer.module.train()
-            remaining = iter(batches)
-            step_seconds = median_seconds(
-                lambda: training_step(trainer, next(remaining)), args.repeats
-            )
-            rows.append((workers, statistics.median(delivered), 1.0 / step_seconds))
+            rows.append((workers, statistics.median(delivered), consumption_rate(trainer, batches)))
     print(
         f"{MODEL}, batch {batch_size}, world image size {image_size} px, model input "
         f"{trainer.model.image_encoder.image_size} px, image cache on, {len(trainer.dataset)} "
@@ -138,7 +138,9 @@ def main() -> None:
     )
     print(f"{'workers':>7} {'loader batches/s':>17} {'step batches/s':>15} {'ratio':>7}")
     for workers, delivery, consumption in rows:
-        print(f"{workers:>7} {delivery:>17.2f} {consumption:>15.2f} {delivery / consumption:>6.1f}x")
+        print(
+            f"{workers:>7} {delivery:>17.2f} {consumption:>15.2f} {delivery / consumption:>6.1f}x"
+        )
 
 
 if __name__ == "__main__":
