@@ -52,10 +52,12 @@ bench: install
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/synth_throughput.py
 	$(PY) benchmarks/pretrain_step.py
+	$(PY) benchmarks/loader_vs_step.py
 	$(PY) benchmarks/localization_step.py
 	$(PY) benchmarks/segmentation_step.py
 	$(PY) benchmarks/vqa_scoring.py
 	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/peers.py
 
 clean:

@@ -351,18 +351,46 @@ def test_generate_command_maps_detector_boxes_to_the_model_input(
     write_png(png, np.random.default_rng(0).random((40, 80)))
     pretrained = load_pretrained(bundle)
     detector = load_detector(folder)
-    boxes = generate_command.detector_region_boxes(
-        detector, png, load_image(png), pretrained.transform
-    )
+    _, boxes = generate_command.model_inputs(pretrained, detector, [load_image(png)])
     regions = predict_files(detector, [png])[0]["regions"]
     file_box = torch.tensor(regions["left lung"]["box"])
     size = int(pretrained.config.image.image_size)
     scale, top = size / 80, (size - 40 * size / 80) / 2
     expected = file_box * scale + torch.tensor([0.0, top, 0.0, top])
-    assert boxes[CHEST_IMAGENOME_REGIONS.index("left lung")] == pytest.approx(expected, abs=1e-3)
+    left_lung = boxes[0, CHEST_IMAGENOME_REGIONS.index("left lung")]
+    assert left_lung == pytest.approx(expected, abs=1e-3)
 
     argv = ["generate", str(png), "--model", str(bundle), "--boxes-from", str(folder)]
     assert cli.main([*argv, "--beams", "2", "--max-new-tokens", "8", "--threads", "1"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{png}: ") and len(captured.out.splitlines()) == 1
     assert "whole image" not in captured.err
+
+
+def test_generate_command_batch_gives_each_image_its_single_image_boxes_and_report(
+    bundle, tmp_path
+):
+    from cxrvlp.detector.bundle import load_detector, save_detector
+    from cxrvlp.models.detector import DetectorConfig, RegionDetector
+
+    torch.manual_seed(0)
+    folder = save_detector(RegionDetector(DetectorConfig(image_size=64)), tmp_path / "detector")
+    detector = load_detector(folder)
+    pretrained = load_pretrained(bundle)
+    generator = np.random.default_rng(1)
+    pixels = [generator.random(shape) for shape in ((48, 40), (40, 80), (64, 64))]
+    for region_detector in (detector, None):
+        images, boxes = generate_command.model_inputs(pretrained, region_detector, pixels)
+        reports = generate_command.generate_for_images(
+            pretrained, region_detector, pixels, beams=3, max_new_tokens=10
+        )
+        for row, image in enumerate(pixels):
+            one_image, one_boxes = generate_command.model_inputs(
+                pretrained, region_detector, [image]
+            )
+            assert torch.equal(one_image[0], images[row])
+            assert torch.equal(one_boxes[0].nan_to_num(-1), boxes[row].nan_to_num(-1))
+            one_report = generate_command.generate_for_images(
+                pretrained, region_detector, [image], beams=3, max_new_tokens=10
+            )
+            assert one_report == [reports[row]]

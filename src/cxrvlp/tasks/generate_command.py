@@ -35,25 +35,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--boxes-from", type=Path, metavar="DETECTOR_DIR", help="region detector folder"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="images decoded together")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="images detected and decoded as one batch"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
 
-def detector_region_boxes(
-    detector: Any, path: Path, pixels: np.ndarray, transform: Any
-) -> torch.Tensor:
-    """The detector's 29 region boxes (29, 4) of ``path`` in the model's input pixels.
+def model_inputs(
+    bundle: Any, detector: Any, pixels: list[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input images (B, C, S, S) and region boxes (B, 29, 4) of decoded images.
 
-    The detector sees the image at its own input size; ``predict_files`` maps its boxes back
-    to the file's pixels, and the model's transform moves them with the pixels from there.
+    The detector sees the whole batch in one pass, at its own input size; ``predict_pixels``
+    maps its boxes back to each image's pixels, and the model's transform moves them with the
+    pixels from there. Without a detector every region is the whole image (NaN boxes).
     """
+    if detector is None:
+        images = [bundle.transform(image).image for image in pixels]
+        return torch.stack(images), whole_image_boxes(len(pixels))
     from cxrvlp.constants import CHEST_IMAGENOME_REGIONS
-    from cxrvlp.detector.evaluate import predict_files
+    from cxrvlp.detector.evaluate import predict_pixels
 
-    regions = predict_files(detector, [path])[0]["regions"]
-    file_boxes = np.array([regions[name]["box"] for name in CHEST_IMAGENOME_REGIONS], np.float32)
-    return torch.as_tensor(transform(pixels, file_boxes).boxes, dtype=torch.float32)
+    images, boxes = [], []
+    for image, prediction in zip(pixels, predict_pixels(detector, pixels), strict=True):
+        regions = prediction["regions"]
+        file_boxes = np.array(
+            [regions[name]["box"] for name in CHEST_IMAGENOME_REGIONS], np.float32
+        )
+        transformed = bundle.transform(image, file_boxes)
+        images.append(transformed.image)
+        boxes.append(torch.as_tensor(transformed.boxes, dtype=torch.float32))
+    return torch.stack(images), torch.stack(boxes)
+
+
+def generate_for_images(
+    bundle: Any,
+    detector: Any,
+    pixels: list[np.ndarray],
+    beams: int = DEFAULT_BEAMS,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """One report per decoded (H, W) image in [0, 1], all of them decoded as one batch."""
+    images, boxes = model_inputs(bundle, detector, pixels)
+    device = next(bundle.model.parameters()).device
+    return generate_reports(
+        bundle.model,
+        bundle.tokenizer,
+        images.to(device),
+        boxes.to(device),
+        beams=beams,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -88,16 +121,10 @@ def run(args: argparse.Namespace) -> int:
 
     failures = 0
     for paths in _chunks(list(args.images), args.batch_size):
-        readable, images, boxes = [], [], []
+        readable, pixels = [], []
         for path in paths:
             try:
-                pixels = load_image(path)
-                images.append(bundle.transform(pixels).image)
-                boxes.append(
-                    whole_image_boxes(1)[0]
-                    if detector is None
-                    else detector_region_boxes(detector, path, pixels, bundle.transform)
-                )
+                pixels.append(load_image(path))
             except DataError as error:
                 failures += 1
                 print(f"error: {error}", file=sys.stderr)
@@ -105,14 +132,7 @@ def run(args: argparse.Namespace) -> int:
             readable.append(path)
         if not readable:
             continue
-        reports = generate_reports(
-            model,
-            bundle.tokenizer,
-            torch.stack(images).to(args.device),
-            torch.stack(boxes).to(args.device),
-            beams=args.beams,
-            max_new_tokens=args.max_new_tokens,
-        )
+        reports = generate_for_images(bundle, detector, pixels, args.beams, args.max_new_tokens)
         for path, report in zip(readable, reports, strict=True):
             print(f"{path}: {report}")
     return 1 if failures else 0
