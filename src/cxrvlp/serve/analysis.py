@@ -257,7 +257,14 @@ class Analyzer:
     def _reports(self, images, boxes, laterals) -> list[str | None]:
         if laterals is None or all(lateral is None for lateral in laterals):
             return list(
-                generate_reports(self.model, self.bundle.tokenizer, images, boxes, self.beams)
+                generate_reports(
+                    self.model,
+                    self.bundle.tokenizer,
+                    images,
+                    boxes,
+                    self.beams,
+                    prompts=(self.entities, self.positions),
+                )
             )
         # Reports with a lateral view have a longer memory: decode them apart from the others.
         reports: list[str | None] = [None] * len(images)
@@ -279,6 +286,7 @@ class Analyzer:
                 boxes[rows],
                 self.beams,
                 extra_views=extra,
+                prompts=(self.entities, self.positions),
             )
             for row, text in zip(rows, texts, strict=True):
                 reports[row] = text

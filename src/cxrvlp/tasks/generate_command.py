@@ -75,8 +75,10 @@ def generate_for_images(
     pixels: list[np.ndarray],
     beams: int = DEFAULT_BEAMS,
     max_new_tokens: int | None = None,
+    prompts: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> list[str]:
-    """One report per decoded (H, W) image in [0, 1], all of them decoded as one batch."""
+    """One report per decoded (H, W) image in [0, 1], all of them decoded as one batch;
+    ``prompts``: the model's ``prompt_embeddings()``, computed once for every batch."""
     images, boxes = model_inputs(bundle, detector, pixels)
     device = next(bundle.model.parameters()).device
     return generate_reports(
@@ -86,6 +88,7 @@ def generate_for_images(
         boxes.to(device),
         beams=beams,
         max_new_tokens=max_new_tokens,
+        prompts=prompts,
     )
 
 
@@ -119,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    prompts = None
+    if model.gk is not None:
+        with torch.no_grad():
+            prompts = model.prompt_embeddings()
     failures = 0
     for paths in _chunks(list(args.images), args.batch_size):
         readable, pixels = [], []
@@ -132,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
             readable.append(path)
         if not readable:
             continue
-        reports = generate_for_images(bundle, detector, pixels, args.beams, args.max_new_tokens)
+        reports = generate_for_images(
+            bundle, detector, pixels, args.beams, args.max_new_tokens, prompts
+        )
         for path, report in zip(readable, reports, strict=True):
             print(f"{path}: {report}")
     return 1 if failures else 0

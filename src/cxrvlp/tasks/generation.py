@@ -48,13 +48,15 @@ def image_memory(
     images: torch.Tensor,
     boxes: torch.Tensor | None = None,
     extra_views: torch.Tensor | None = None,
+    prompts: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """The decoder's memory (B, T, text width): the image tokens of each view, view after view.
 
     ``images`` (B, C, S, S) are the first (frontal) views, ``boxes`` (B, 29, 4) their region
     boxes in input pixels, ``extra_views`` (B, V, C, S, S) further views. The region boxes
     belong to the frontal view; further views get NaN boxes (whole image). All views go
-    through the encoder as one batch.
+    through the encoder as one batch. ``prompts``: the model's ``prompt_embeddings()``, when
+    the caller has them already (they depend on the weights only, not on the images).
     """
     views = [images] if extra_views is None else [images, *extra_views.unbind(dim=1)]
     view_boxes = None
@@ -62,7 +64,8 @@ def image_memory(
         frontal = boxes if boxes is not None else whole_image_boxes(len(images), images.device)
         others = whole_image_boxes(len(images) * (len(views) - 1), images.device)
         view_boxes = torch.cat([frontal, others])
-    tokens = model.encode_image(torch.cat(views), view_boxes).tokens
+    entities, positions = prompts if prompts is not None else (None, None)
+    tokens = model.encode_image(torch.cat(views), view_boxes, entities, positions).tokens
     return torch.cat(tokens.chunk(len(views)), dim=1)
 
 
@@ -123,10 +126,12 @@ def generate_reports(
     beams: int = DEFAULT_BEAMS,
     max_new_tokens: int | None = None,
     extra_views: torch.Tensor | None = None,
+    prompts: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> list[str]:
     """One report per image from a GK-MVLP ``model`` (in eval mode); see ``image_memory``
-    for ``boxes`` and ``extra_views``. Decoding starts at [CLS] and stops at [SEP]."""
-    memory = image_memory(model, images, boxes, extra_views)
+    for ``boxes``, ``extra_views`` and ``prompts``. Decoding starts at [CLS] and stops at
+    [SEP]."""
+    memory = image_memory(model, images, boxes, extra_views, prompts)
     ids = decode(
         model.decoder,
         memory,
