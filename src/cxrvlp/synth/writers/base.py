@@ -9,7 +9,7 @@ import io
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -145,6 +145,11 @@ class Exporter(ABC):
 
     def _split(self, study: RenderedStudy) -> str:
         return self.split_names[self._patient_split(study)]
+
+    def _frontal_row(self, study: RenderedStudy, path: Path, **fields: Any) -> list[dict]:
+        """Write the study's frontal image to ``path``; its one truth row (see ``_truth``)."""
+        save_image(path, study.frontal)
+        return [self._truth(study, path, study.frontal, **fields)]
 
     def _truth(
         self,

@@ -12,7 +12,6 @@ from cxrvlp.synth.writers.base import (
     Exporter,
     IdAllocator,
     check_frontal,
-    save_image,
     stable_digest,
     write_text,
 )
@@ -44,20 +43,16 @@ class CovidxExporter(Exporter):
         label = "negative" if study.scene.finding(COVID_NAME) is None else "positive"
         self._lines[split].append(f"{patient_id} {filename} {label} {source}")
         path = self.base / split / filename
-        save_image(path, study.frontal)
-        return [
-            self._truth(
-                study,
-                path,
-                study.frontal,
-                image_id=filename,
-                study_id=PurePosixPath(filename).stem,
-                patient_id=patient_id,
-                view=study.scene.anatomy.view,
-                split=split,
-                regions=study.scene.region_boxes(),
-            )
-        ]
+        return self._frontal_row(
+            study,
+            path,
+            image_id=filename,
+            study_id=PurePosixPath(filename).stem,
+            patient_id=patient_id,
+            view=study.scene.anatomy.view,
+            split=split,
+            regions=study.scene.region_boxes(),
+        )
 
     def close(self) -> None:
         for split, lines in self._lines.items():

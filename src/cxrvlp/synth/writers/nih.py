@@ -10,7 +10,6 @@ from cxrvlp.synth.writers.base import (
     NIH_PIXEL_SPACINGS,
     Exporter,
     check_frontal,
-    save_image,
     stable_number,
     table,
     two_decimals,
@@ -98,20 +97,16 @@ class NihExporter(Exporter):
                 )
         self._lists[split].append(image_index)
         path = self.base / "images" / image_index
-        save_image(path, study.frontal)
-        return [
-            self._truth(
-                study,
-                path,
-                study.frontal,
-                image_id=image_index,
-                study_id=image_index.removesuffix(".png"),
-                patient_id=str(patient),
-                view=view,
-                split=split,
-                regions=study.scene.region_boxes(),
-            )
-        ]
+        return self._frontal_row(
+            study,
+            path,
+            image_id=image_index,
+            study_id=image_index.removesuffix(".png"),
+            patient_id=str(patient),
+            view=view,
+            split=split,
+            regions=study.scene.region_boxes(),
+        )
 
     def close(self) -> None:
         entries = table(self._entries, NIH_ENTRY_COLUMNS).sort_values("Image Index")

@@ -15,7 +15,6 @@ from cxrvlp.synth.writers.base import (
     balanced_splits,
     check_frontal,
     patient_key,
-    save_image,
     stable_number,
     write_json,
 )
@@ -88,20 +87,16 @@ class SlakeExporter(Exporter):
             )
             self._next_qid += 1
         path = self.base / "imgs" / image_name
-        save_image(path, study.frontal)
-        return [
-            self._truth(
-                study,
-                path,
-                study.frontal,
-                image_id=image_name,
-                study_id=f"xmlab{image_id}",
-                patient_id=patient_key(study),
-                view=study.scene.anatomy.view,
-                split=split,
-                regions=study.scene.region_boxes(),
-            )
-        ]
+        return self._frontal_row(
+            study,
+            path,
+            image_id=image_name,
+            study_id=f"xmlab{image_id}",
+            patient_id=patient_key(study),
+            view=study.scene.anatomy.view,
+            split=split,
+            regions=study.scene.region_boxes(),
+        )
 
     def close(self) -> None:
         for split, entries in balanced_splits(self.folder, self._entries).items():

@@ -12,7 +12,6 @@ from cxrvlp.synth.writers.base import (
     balanced_splits,
     check_frontal,
     patient_key,
-    save_image,
     write_json,
 )
 
@@ -52,20 +51,16 @@ class VqaRadExporter(Exporter):
             )
             self._next_qid += 1
         path = self.base / VQA_RAD_IMAGES / image_name
-        save_image(path, study.frontal)
-        return [
-            self._truth(
-                study,
-                path,
-                study.frontal,
-                image_id=image_name,
-                study_id=image_name.removesuffix(".jpg"),
-                patient_id=patient_key(study),
-                view=study.scene.anatomy.view,
-                split=split,
-                regions=study.scene.region_boxes(),
-            )
-        ]
+        return self._frontal_row(
+            study,
+            path,
+            image_id=image_name,
+            study_id=image_name.removesuffix(".jpg"),
+            patient_id=patient_key(study),
+            view=study.scene.anatomy.view,
+            split=split,
+            regions=study.scene.region_boxes(),
+        )
 
     def close(self) -> None:
         entries = balanced_splits(self.folder, self._entries)
