@@ -36,7 +36,7 @@ from cxrvlp.text.sections import ReportSections
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1  # bump when the stored fields or their encoding change
+INDEX_FORMAT = 2  # bump when the stored fields or their encoding change
 INDEX_FOLDER = ".cxrvlp-index"  # default home, inside the pre-training root
 # What a truncated or altered file raises from np.load, zipfile, json or the unpacking.
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile)
@@ -100,6 +100,9 @@ def write_index(
     """Store annotated records (as ``pretraining_dataset`` makes them) under ``key``."""
     studies: dict[str, Any] = {}
     images: dict[str, Any] = {}
+    # Prompts come from {entity, position, exist} templates: a few thousand distinct ones
+    # across all reports, stored once each and referred to by their row.
+    prompt_rows: dict[tuple[Any, ...], int] = {}
     rows = []
     for record in records:
         extra = record.extra
@@ -108,7 +111,7 @@ def write_index(
             studies[record.study_id] = [
                 None if report is None else [report.findings, report.impression, report.text],
                 extra["entities"],
-                [[getattr(p, name) for name in _PROMPT_FIELDS] for p in extra["prompts"]],
+                [_prompt_row(prompt, prompt_rows) for prompt in extra["prompts"]],
                 extra["region_sentences"]["rules"],
             ]
         if "finding_regions" in extra:
@@ -139,6 +142,7 @@ def write_index(
         "manifest": _text(manifest),
         "records": _text(rows),
         "studies": _text(studies),
+        "prompts": _text([list(values) for values in prompt_rows]),
         "images": _text(images),
         "problems": _text([[p.source, p.reason] for p in problems]),
         "unboxed": _text(sorted(unboxed_images)),
@@ -186,15 +190,7 @@ def load_index(path: Path, key: dict[str, Any], mimic_root: Path) -> LoadedIndex
                 log.info("pre-training index %s is stale (sources or versions changed)", path)
                 return None
             loaded = _records(stored, manifest, mimic_root)
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        IndexError,
-        EOFError,
-        zipfile.BadZipFile,
-    ) as e:
+    except _UNREADABLE as e:
         log.warning("pre-training index %s is unreadable (%s): rebuilding it", path, e)
         return None
     log.info(
@@ -212,11 +208,12 @@ def _records(stored: Any, manifest: dict[str, Any], mimic_root: Path) -> LoadedI
     boxes = stored["boxes"]
     if not len(rows) == len(labels) == len(boxes) == manifest["n_records"]:
         raise ValueError("record, label and box counts differ")
+    prompts_stored = [_prompt(values) for values in _json(stored["prompts"])]
     studies = {
         study: (
             None if sections is None else ReportSections(*sections),
             entities,
-            [_prompt(values) for values in prompts],
+            [prompts_stored[row] for row in prompts],
             rule_links,
         )
         for study, (sections, entities, prompts, rule_links) in _json(stored["studies"]).items()
@@ -258,6 +255,12 @@ def _records(stored: Any, manifest: dict[str, Any], mimic_root: Path) -> LoadedI
         n_filtered_views=counts["n_filtered_views"],
         unboxed_images=frozenset(_json(stored["unboxed"])),
     )
+
+
+def _prompt_row(prompt: KnowledgePrompt, rows: dict[tuple[Any, ...], int]) -> int:
+    """The row of ``prompt``'s field values in ``rows``, added when new."""
+    values = tuple(getattr(prompt, name) for name in _PROMPT_FIELDS)
+    return rows.setdefault(values, len(rows))
 
 
 def _prompt(values: list[Any]) -> KnowledgePrompt:
