@@ -2,7 +2,7 @@
 (tiny, ViT-B/16, ResNet-50), side by side.
 
 Run: .venv/bin/python benchmarks/pretrain_step.py [--models gkmvlp-tiny,asg-tiny,...]
-     [--steps 5] [--no-grounding]
+     [--steps 5] [--no-grounding] [--compile] [--profile N]
 Each model runs in its own process (so peak memory is its own) on a synthetic batch of its
 recipe: random images, report-length token sequences and the 29 region boxes of one synthetic
 scene; for GK-MVLP also entity labels and six knowledge prompts a report (the grounding term's
@@ -11,7 +11,8 @@ input; ``--no-grounding`` measures its models without the term too, and
 report linked to a sentence of its words, and the 40 tags. Prints, per model: samples/s
 (median of the timed steps), peak memory, the median time of each component, and achieved
 GFLOP/s (FLOPs of the step counted by torch's FlopCounterMode over its median time) as a
-fraction of this machine's fp32 matmul peak.
+fraction of this machine's fp32 matmul peak. ``--compile`` adds each model under
+``torch.compile`` (as ``train.compile=true`` runs it) with its first step, which compiles.
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ def measure(
     prompt_length: int | None = None,
     grounding: bool = True,
     profile_top: int = 0,
+    compiled: bool = False,
 ) -> dict:
     """``prompt_length`` and ``grounding`` apply to GK-MVLP only."""
     import resource
@@ -236,7 +238,11 @@ def measure(
     else:
         model, batch = prepared_gkmvlp(name, prompt_length, grounding)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    # As the engine steps: AdamW fused, the model compiled with train.compile=true.
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True
+    )
+    forward = torch.compile(model) if compiled else model
 
     spent: dict[str, list[float]] = defaultdict(list)
     started: dict[str, float] = {}
@@ -247,15 +253,15 @@ def measure(
     def after(key):
         return lambda *_: spent[key].append(time.perf_counter() - started[key])
 
-    for attribute in COMPONENTS:
+    for attribute in () if compiled else COMPONENTS:  # hooks would break the compiled graph
         module = getattr(model, attribute, None)
         if module is not None:
             module.register_forward_pre_hook(before(attribute))
             module.register_forward_hook(after(attribute))
 
-    def step(timed: bool) -> None:
+    def step(timed: bool, runner=forward) -> None:
         t0 = time.perf_counter()
-        output = model(batch)
+        output = runner(batch)
         t1 = time.perf_counter()
         output.loss.backward()
         t2 = time.perf_counter()
@@ -268,9 +274,11 @@ def measure(
             spent["optimizer"].append(t3 - t2)
             spent["step"].append(t3 - t0)
 
-    step(timed=False)  # warm-up: allocator, kernels
+    first = time.perf_counter()
+    step(timed=False)  # warm-up: allocator, kernels (and compilation)
+    first_step_s = time.perf_counter() - first
     with FlopCounterMode(display=False) as counter:
-        step(timed=False)
+        step(timed=False, runner=model)  # counted eagerly: the same FLOPs, compiled or not
     flops = counter.get_total_flops()
     for key in list(spent):
         spent[key].clear()
@@ -285,7 +293,8 @@ def measure(
             components[COMPONENTS[key]] += sum(values) / calls
     operators = top_operators(lambda: step(timed=False), profile_top) if profile_top else []
     return {
-        "model": name + ("" if grounding else " -grounding"),
+        "model": name + ("" if grounding else " -grounding") + (" compiled" if compiled else ""),
+        "first_step_s": first_step_s,
         "top_operators": operators,
         "batch": BATCH[name],
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -318,13 +327,23 @@ def main() -> None:
         "--profile", type=int, default=0, metavar="N",
         help="also profile one step (torch.profiler) and print its N costliest operators",
     )  # fmt: skip
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="each model also under torch.compile (train.compile=true); the first step compiles",
+    )  # fmt: skip
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--without", action="store_true", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure in this process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         measured = measure(
-            args.one, args.steps, args.prompt_max_length, not args.without, args.profile
+            args.one,
+            args.steps,
+            args.prompt_max_length,
+            not args.without,
+            args.profile,
+            args.compiled,
         )
         print(json.dumps(measured))
         return
@@ -332,34 +351,41 @@ def main() -> None:
     print(f"fp32 matmul peak (2048^3, {args.threads} threads): {peak:.1f} GFLOP/s\n")
     results = []
     names = args.models.split(",")
-    variants = [(name, False) for name in names]
+    variants = [(name, False, False) for name in names]
     if args.no_grounding:
-        variants += [(name, True) for name in names if model_config(name).recipe == "gkmvlp"]
-    for name, without in variants:
+        variants += [(name, True, False) for name in names if model_config(name).recipe == "gkmvlp"]
+    if args.compile:
+        variants += [(name, False, True) for name in names]
+    for name, without, compiled in variants:
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
                    "--threads", str(args.threads)]  # fmt: skip
         if args.prompt_max_length:
             command += ["--prompt-max-length", str(args.prompt_max_length)]
         if without:
             command.append("--without")
+        if compiled:
+            command.append("--compiled")
         if args.profile:
             command += ["--profile", str(args.profile)]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
     print(f"{'model':<24}{'batch':>6}{'params M':>10}{'samples/s':>11}{'step s':>9}"
           f"{'fwd':>7}{'bwd':>7}{'opt':>7}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}"
-          f"{'peak RSS GB':>13}")  # fmt: skip
+          f"{'peak RSS GB':>13}{'1st step s':>12}")  # fmt: skip
     for r in results:
         print(
             f"{r['model']:<24}{r['batch']:>6}{r['parameters_m']:>10.1f}{r['samples_per_s']:>11.2f}"
             f"{r['step_s']:>9.2f}{r['forward_s']:>7.2f}{r['backward_s']:>7.2f}"
             f"{r['optimizer_s']:>7.2f}{r['gflop_per_step']:>12.1f}{r['achieved_gflops']:>9.1f}"
             f"{r['achieved_gflops'] / peak:>9.1%}{r['peak_rss_gb']:>13.2f}"
+            f"{r['first_step_s']:>12.1f}"
         )
     print(
         "\nforward time per component (s, median step; GK-MVLP's text encoder also encodes prompts)"
     )
     for r in results:
+        if not r["components_forward_s"]:
+            continue
         parts = ", ".join(f"{k} {v:.3f}" for k, v in r["components_forward_s"].items())
         print(f"  {r['model']}: {parts}")
     for r in results:

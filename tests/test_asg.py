@@ -33,7 +33,7 @@ from cxrvlp.recipes.asg_batch import ASGCollator, WordLocator, entity_tags, tag_
 from cxrvlp.text.parse import parse_report
 from cxrvlp.text.sections import ReportSections
 from cxrvlp.text.tokenizer import load_tokenizer, train_wordpiece
-from pretrain_runs import cli, environment, final_weights, metrics
+from pretrain_runs import cli, environment, final_weights, metrics, run_together
 
 REGION = {name: index for index, name in enumerate(CHEST_IMAGENOME_REGIONS)}
 TAG = {name: index for index, name in enumerate(ASG_TAGS)}
@@ -580,14 +580,8 @@ def test_run_logs_the_four_terms_and_their_weighted_sum(trained):
 def test_two_gloo_processes_give_the_losses_of_one(world, tokenizer, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(_pretrain_argv(world, single, 4, "train.batch_size=4", tokenizer)) == 0
-    result = subprocess.run(
-        cli(_pretrain_argv(world, double, 4, "train.batch_size=2", tokenizer), processes=2),
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = cli(_pretrain_argv(world, double, 4, "train.batch_size=2", tokenizer), processes=2)
+    run_together([command], [environment()], tmp_path, timeout=300)
     one, two = metrics(single), metrics(double)
     assert len(one) == len(two) == 4
     assert json.loads((double / "summary.json").read_text())["world_size"] == 2

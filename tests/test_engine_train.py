@@ -1,8 +1,10 @@
 """The engine's Trainer on a toy model: an exact resume while the model draws from torch's
-global RNG, batches without a readable sample passed over, a batch's nested tensors moved."""
+global RNG, batches without a readable sample passed over, a batch's nested tensors moved, a
+compiled model (train.compile) training as the eager one."""
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -104,3 +106,40 @@ def test_tensors_inside_a_batchs_lists_tuples_and_dicts_move_to_the_device():
     assert moved["image"].is_meta and moved["pair"][0].is_meta
     assert moved["targets"][0]["boxes"].is_meta and moved["targets"][0]["labels"].is_meta
     assert moved["skipped"] == [("a.jpg", "unreadable")] and moved["pair"][1] == "text"
+
+
+class Regression(nn.Module):
+    """NoisyRegression without the dropout, whose random numbers a compiled graph draws
+    differently."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+
+    def forward(self, batch: dict) -> TaskOutput:
+        error = self.linear(batch["x"]).squeeze(1) - batch["y"]
+        loss = error.pow(2).mean()
+        return TaskOutput(loss=loss, losses={"mse": loss.detach()})
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels: about a minute
+def test_a_compiled_model_trains_to_the_eager_weights_and_saves_the_same_keys(tmp_path):
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        run = Trainer(
+            Regression(),
+            Points(6),
+            collate,
+            tmp_path / f"compiled_{compiled}",
+            config(max_steps=4, checkpoint_every=4, compile=compiled),
+            progress=False,
+        )
+        assert hasattr(run.module, "_orig_mod") == compiled  # torch.compile's wrapper
+        run.run()
+        runs[compiled] = load_file(CheckpointManager(run.run_dir).latest() / "model.safetensors")
+    assert list(runs[True]) == list(runs[False]) == ["linear.bias", "linear.weight"]
+    torch.manual_seed(0)
+    assert not torch.equal(runs[False]["linear.weight"], Regression().linear.weight.detach())
+    for name, eager in runs[False].items():
+        torch.testing.assert_close(runs[True][name], eager, rtol=1e-5, atol=1e-6)
