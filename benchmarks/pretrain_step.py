@@ -58,7 +58,7 @@ COMPONENTS = {
 }
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+def matmul_peak_gflops(size: int = 2048, repeats: int = 30) -> float:
     """The best of ``repeats`` fp32 matmuls: a peak, so a busy moment does not lower it."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b

@@ -253,6 +253,43 @@ def test_report_prompts_reach_only_the_grounding_term(tokenizer):
     assert not torch.isclose(paired.losses["grounding"], shuffled.losses["grounding"])
 
 
+def test_only_present_prompts_chosen_sentences_are_encoded_and_the_term_is_unchanged(
+    tokenizer, monkeypatch
+):
+    """The grounding term encodes one form of each present report prompt; encoding every
+    sentence of the batch (as before) gives the same term and gradients up to rounding."""
+    model = _model(tokenizer, losses={"itc": 0.0, "itm": 0.0, "lm": 0.0, "ecls": 0.0})
+    batch = _batch(tokenizer)
+    encoded_rows = []
+    encode = model.encode_prompts
+
+    def counting(ids, mask):
+        encoded_rows.append(len(ids))
+        return encode(ids, mask)
+
+    def every_sentence(batch, chosen, needed):
+        return counting(batch["prompt_ids"], batch["prompt_mask"])[chosen]
+
+    results = []
+    for queries in (None, every_sentence):
+        if queries is not None:
+            monkeypatch.setattr(model, "_needed_prompt_queries", queries)
+        monkeypatch.setattr(model, "encode_prompts", counting)
+        model.zero_grad()
+        output = model(batch)
+        output.loss.backward()  # the grounding term alone: the other weights are 0
+        loss = output.losses["grounding"]
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((loss, grads))
+    present = int((batch["prompt_valid"] & batch["prompt_present"]).sum())
+    assert encoded_rows[0] <= present < encoded_rows[1] == len(batch["prompt_ids"])
+    (loss, grads), (loss_all, grads_all) = results
+    torch.testing.assert_close(loss, loss_all)
+    assert grads.keys() == grads_all.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_all[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_grounding_weight_zero_gives_the_knowledge_base_model_exactly(tokenizer):
     report = _model(tokenizer, losses={"grounding": 0.0})
     today = _model(tokenizer, gk={"prompts": "knowledge_base"}, losses={"grounding": 0.0})

@@ -317,7 +317,6 @@ class GKMVLP(nn.Module):
             region_alignment_loss_terms(attention_kb, batch["entity_regions"], region_valid)
         )
         if self.prompt_source == "report":
-            sentences = self.encode_prompts(batch["prompt_ids"], batch["prompt_mask"])
             text = batch["prompt_text"]
             generator = torch.Generator().manual_seed(
                 self.seed * _ITM_SEED_STRIDE + _POSITION_DROPOUT_SALT + int(batch.get("step", 0))
@@ -328,11 +327,11 @@ class GKMVLP(nn.Module):
             draws = torch.rand(global_rows, slots, generator=generator)
             bare = draws[offset : offset + len(text), : text.shape[1]] < self.position_dropout
             chosen = torch.where(bare.to(text.device), text[..., 1], text[..., 0])
-            z_local, attention = self.ground_prompts(grounding, sentences[chosen])
-            targets = (
-                batch["prompt_regions"]
-                & (batch["prompt_valid"] & batch["prompt_present"])[..., None]
+            needed = batch["prompt_valid"] & batch["prompt_present"]
+            z_local, attention = self.ground_prompts(
+                grounding, self._needed_prompt_queries(batch, chosen, needed)
             )
+            targets = batch["prompt_regions"] & needed[..., None]
             terms.append(
                 region_alignment_loss_terms(attention.clamp(min=1e-12).log(), targets, region_valid)
             )
@@ -345,6 +344,27 @@ class GKMVLP(nn.Module):
             )
         means = [distributed.global_mean(total, count) for total, count in terms]
         return torch.stack(means).mean()
+
+    def _needed_prompt_queries(
+        self, batch: dict[str, Any], chosen: torch.Tensor, needed: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, P, width) the report prompts' query states: the knowledge encoder's [CLS] of each
+        slot's chosen sentence where the slot is ``needed``, zeros elsewhere.
+
+        Only present prompts have a target (an absent finding names no region to find), and
+        each slot uses one of its two forms: the other sentences would cost encoder time (most
+        of a batch's prompt sentences) without reaching the loss. Queries do not attend to each
+        other, so the needed slots get the states they would get among all the others."""
+        ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+        if not bool(needed.any()):
+            return ids.new_zeros((*chosen.shape, self.knowledge_encoder.width), dtype=torch.float)
+        used, slot_sentence = torch.unique(chosen[needed], return_inverse=True)
+        mask = mask.index_select(0, used)
+        length = int(mask.sum(dim=1).max())  # padding beyond the longest used sentence
+        states = self.encode_prompts(ids.index_select(0, used)[:, :length], mask[:, :length])
+        queries = states.new_zeros((*chosen.shape, states.shape[-1]))
+        # index_select, not states[slot_sentence]: see _itm on summing gradients in order.
+        return queries.index_put((needed,), states.index_select(0, slot_sentence))
 
     def _itc(self, image, text_embedding, image_all, text_all, batch, study_all) -> torch.Tensor:
         scale = self.logit_scale.exp().clamp(max=_MAX_LOGIT_SCALE)
