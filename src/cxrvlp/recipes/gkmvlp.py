@@ -186,11 +186,20 @@ class GKMVLP(nn.Module):
                 "knowledge prompts are not set: call cxrvlp.recipes.batch.attach_prompts("
                 "model, tokenizer) (pre-training and load_pretrained do this)"
             )
-        entities = self.knowledge_encoder(self.entity_ids, self.entity_mask)[:, 0]
-        positions = None
-        if self.gk is not None and self.gk.with_position:
-            positions = self.knowledge_encoder(self.position_ids, self.position_mask)[:, 0]
-        return entities, positions
+        if self.gk is None or not self.gk.with_position:
+            return self.knowledge_encoder(self.entity_ids, self.entity_mask)[:, 0], None
+        # One encoder pass for both sets: each pass costs a vocabulary-size gradient of the
+        # word embeddings, and one larger batch runs the matmuls more efficiently. The prompts
+        # do not attend to each other, so each gets the state it would get alone.
+        length = max(self.entity_ids.shape[1], self.position_ids.shape[1])
+        ids = torch.cat(
+            [_pad_columns(self.entity_ids, length), _pad_columns(self.position_ids, length)]
+        )
+        mask = torch.cat(
+            [_pad_columns(self.entity_mask, length), _pad_columns(self.position_mask, length)]
+        )
+        states = self.knowledge_encoder(ids, mask)[:, 0]
+        return states[: len(self.entity_ids)], states[len(self.entity_ids) :]
 
     def image_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
         """ITC embedding of images from the image encoder's pooled vector (no GK module)."""
@@ -465,6 +474,11 @@ def collator(model: GKMVLP, tokenizer: Any, training: bool = True) -> gkmvlp_bat
     """GK-MVLP's batches; evaluations (``training=False``) need no report prompts."""
     limit = gkmvlp_batch.report_prompt_limit(model) if training else 0
     return gkmvlp_batch.PretrainCollator(tokenizer, int(model.config.text.max_length), limit)
+
+
+def _pad_columns(tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """(N, L) token ids or mask padded with zeros on the right to ``length`` columns."""
+    return F.pad(tokens, (0, length - tokens.shape[1]))
 
 
 def _pad_to_global_length(
