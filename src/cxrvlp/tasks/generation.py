@@ -69,6 +69,17 @@ def image_memory(
     return torch.cat(tokens.chunk(len(views)), dim=1)
 
 
+class BeamSharedMemoryCache(EncoderDecoderCache):
+    """transformers' encoder-decoder KV cache, whose beam reorder leaves the cross-attention
+    keys and values alone: every beam of an image attends to the same image tokens, and beam
+    search only ever reorders beams within an image, so those copies are equal already.
+    Reordering them copied each layer's (beams x image tokens) keys and values at every new
+    token: most of the cache's reorder time."""
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
+
+
 def decode(
     decoder: nn.Module,
     memory: torch.Tensor,
@@ -88,7 +99,7 @@ def decode(
     if beams < 1:
         raise ValueError(f"beams must be at least 1, got {beams}")
     lm = decoder.lm
-    cache = EncoderDecoderCache(DynamicCache(config=lm.config), DynamicCache(config=lm.config))
+    cache = BeamSharedMemoryCache(DynamicCache(config=lm.config), DynamicCache(config=lm.config))
     start = torch.full((len(memory), 1), start_id, dtype=torch.long, device=memory.device)
     settings = GenerationConfig(
         max_new_tokens=max_new_tokens,
