@@ -1,5 +1,6 @@
 """The train loop: AdamW with warm-up + cosine, gradient accumulation and clipping, the
-precision policy, DistributedDataParallel, atomic checkpoints and exact resume.
+precision policy, DistributedDataParallel, optional torch.compile, atomic checkpoints and
+exact resume.
 
 It knows nothing of chest X-rays: a model maps a batch dict to an output with ``loss`` and a
 ``losses`` dict of named terms; a dataset and a collate function provide the batches.
@@ -58,8 +59,8 @@ class TrainConfig:
     precision: str = "auto"
     augment: bool = True
     device: str = "auto"
-    # torch.compile the model (inductor): compiles on the first steps, then runs the fused
-    # kernels; pays only for runs long enough (see docs/results for this CPU's figures).
+    # torch.compile the model (inductor): the first steps compile. On a 2-core CPU it did
+    # not pay (docs/results/speed-2026-12-04.md); meant for long runs and GPUs.
     compile: bool = False
 
 
