@@ -147,9 +147,20 @@ class Exporter(ABC):
         return self.split_names[self._patient_split(study)]
 
     def _frontal_row(self, study: RenderedStudy, path: Path, **fields: Any) -> list[dict]:
-        """Write the study's frontal image to ``path``; its one truth row (see ``_truth``)."""
+        """Write the study's frontal image to ``path``; its one truth row (see ``_truth``),
+        with the scene's view and region boxes, which are the frontal image's."""
         save_image(path, study.frontal)
-        return [self._truth(study, path, study.frontal, **fields)]
+        scene = study.scene
+        return [
+            self._truth(
+                study,
+                path,
+                study.frontal,
+                view=scene.anatomy.view,
+                regions=scene.region_boxes(),
+                **fields,
+            )
+        ]
 
     def _truth(
         self,

@@ -49,9 +49,7 @@ class CovidxExporter(Exporter):
             image_id=filename,
             study_id=PurePosixPath(filename).stem,
             patient_id=patient_id,
-            view=study.scene.anatomy.view,
             split=split,
-            regions=study.scene.region_boxes(),
         )
 
     def close(self) -> None:

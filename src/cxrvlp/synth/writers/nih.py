@@ -103,9 +103,7 @@ class NihExporter(Exporter):
             image_id=image_index,
             study_id=image_index.removesuffix(".png"),
             patient_id=str(patient),
-            view=view,
             split=split,
-            regions=study.scene.region_boxes(),
         )
 
     def close(self) -> None:

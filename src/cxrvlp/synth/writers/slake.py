@@ -93,9 +93,7 @@ class SlakeExporter(Exporter):
             image_id=image_name,
             study_id=f"xmlab{image_id}",
             patient_id=patient_key(study),
-            view=study.scene.anatomy.view,
             split=split,
-            regions=study.scene.region_boxes(),
         )
 
     def close(self) -> None:

@@ -57,9 +57,7 @@ class VqaRadExporter(Exporter):
             image_id=image_name,
             study_id=image_name.removesuffix(".jpg"),
             patient_id=patient_key(study),
-            view=study.scene.anatomy.view,
             split=split,
-            regions=study.scene.region_boxes(),
         )
 
     def close(self) -> None:
