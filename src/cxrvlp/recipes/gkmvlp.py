@@ -486,7 +486,6 @@ def _pad_to_global_length(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad the reports to the longest of the global batch, so processes can gather them."""
     length = distributed.all_reduce_max(input_ids.shape[1], input_ids.device)
-    missing = length - input_ids.shape[1]
-    if missing == 0:
+    if length == input_ids.shape[1]:
         return input_ids, attention_mask
-    return F.pad(input_ids, (0, missing)), F.pad(attention_mask, (0, missing))
+    return _pad_columns(input_ids, length), _pad_columns(attention_mask, length)
